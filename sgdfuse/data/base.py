@@ -1,0 +1,54 @@
+"""What every paired IR/VIS source provides, before masks and augmentation.
+
+A :class:`PairSource` is an indexable list of registered pairs. Images are numpy arrays so that the mask
+generator (SAM), OpenCV and albumentations can use them without conversion:
+
+- ``ir``: H×W float32 in [0, 1]
+- ``vis``: H×W×3 float32 in [0, 1] (RGB; grey VIS replicated)
+- ``masks``: optional (mask_ir, mask_vis), H×W uint8 in {0, 1}, when the dataset ships them (labels)
+- ``key``: a string that changes whenever the pair's content changes (file bytes hash, or generator
+  seed + index for synthetic data); the mask cache is keyed by it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad dataset input (missing folder, unpaired file, undecodable image...). The message says what to do."""
+
+
+@dataclass
+class Pair:
+    name: str
+    ir: np.ndarray
+    vis: np.ndarray
+    key: str
+    masks: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class PairSource(ABC):
+    """An indexable, deterministic collection of registered IR/VIS pairs (one split of one dataset)."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Pair names in index order (file names for folders)."""
+
+    @abstractmethod
+    def key(self, index: int) -> str:
+        """Content key of pair ``index`` (cheap: must not decode the images twice where avoidable)."""
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Pair: ...
+
+    @property
+    def has_labels(self) -> bool:
+        """True when pairs carry ground-truth masks (``Pair.masks``)."""
+        return False
