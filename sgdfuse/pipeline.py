@@ -1,0 +1,188 @@
+"""The run driver behind ``train.py``: stage I → stage II phases → test, resumable by run id.
+
+Every stage trains under ``<paths.run_dir>/<stage>/`` (``run_dir`` = ``checkpoints/<experiment>/<run_id>``)
+with Lightning's ``last.ckpt``; a ``DONE`` marker is written once the stage finished. Restarted with the same
+run id, finished stages are skipped and the unfinished one resumes from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from lightning_modules import FusionModule, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+STAGES = ("stage1", "stage2", "test")
+PHASES = ("a", "b", "joint")
+MARKER = "DONE"
+RUN_ID_ENV = "SGDFUSE_RUN_ID"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what to do."""
+
+
+def resolve_run_id(cfg: DictConfig) -> str:
+    """Explicit ``run_id`` > ``$SGDFUSE_RUN_ID`` > ``$WANDB_RUN_ID`` (sweeps) > a new id.
+
+    The result is exported to ``$SGDFUSE_RUN_ID`` so that DDP worker processes, which Lightning starts by
+    re-running the script with the parent's environment, use the same folder.
+    """
+    run_id = cfg.get("run_id") or os.environ.get(RUN_ID_ENV) or os.environ.get("WANDB_RUN_ID")
+    if not run_id:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    os.environ[RUN_ID_ENV] = str(run_id)
+    with open_dict(cfg):
+        cfg.run_id = str(run_id)
+    return str(run_id)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before any work on keys the pipeline does not understand."""
+    unknown = [s for s in cfg.stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"stages: unknown stage(s) {unknown}; allowed: {list(STAGES)}.")
+    if "stage2" in cfg.stages:
+        bad = [p for p in cfg.stage2_phases if p not in PHASES]
+        if bad or not cfg.stage2_phases:
+            raise ConfigError(f"stage2_phases: {list(cfg.stage2_phases)} is invalid; use a non-empty list of "
+                              f"{list(PHASES)}, e.g. [a, b].")
+    for stage in _training_stages(cfg):
+        if stage not in cfg.steps:
+            raise ConfigError(f"steps.{stage} is missing: set the number of optimisation steps of {stage}.")
+
+
+def _training_stages(cfg: DictConfig) -> list[str]:
+    names = []
+    for stage in cfg.stages:
+        if stage == "stage1":
+            names.append("stage1")
+        elif stage == "stage2":
+            names.extend(f"stage2_{p}" for p in cfg.stage2_phases)
+    return names
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    return instantiate(cfg.data, mask_source=instantiate(cfg.masks.source),
+                       perturb=OmegaConf.to_container(cfg.masks.perturb, resolve=True))
+
+
+def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_steps: int, **overrides: Any) -> L.Trainer:
+    callbacks = []
+    for cb_cfg in (cfg.get("callbacks") or {}).values():
+        if cb_cfg is None:
+            continue
+        extra = {"dirpath": str(stage_dir)} if cb_cfg._target_.endswith("ModelCheckpoint") else {}
+        callbacks.append(instantiate(cb_cfg, **extra))
+    loggers = [instantiate(lg, version=stage) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    return instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False,
+                       default_root_dir=str(stage_dir), **overrides)
+
+
+def _is_done(stage_dir: Path) -> bool:
+    return (stage_dir / MARKER).is_file()
+
+
+def _mark_done(trainer: L.Trainer, stage_dir: Path) -> None:
+    if trainer.is_global_zero:
+        tmp = stage_dir / f".{MARKER}.tmp"
+        tmp.write_text(json.dumps({"global_step": trainer.global_step, "finished": time.time()}))
+        os.replace(tmp, stage_dir / MARKER)
+    trainer.strategy.barrier()
+
+
+def fit_stage(cfg: DictConfig, stage: str, module: FusionModule, datamodule: L.LightningDataModule) -> Path:
+    """Train one stage/phase to ``steps[stage]``, resuming from its ``last.ckpt`` when one exists."""
+    stage_dir = Path(cfg.paths.run_dir) / stage
+    last = stage_dir / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+    if resume:
+        read_checkpoint(last)  # a corrupt file fails here with a message naming it
+        log.info("%s: resuming from %s", stage, last)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(cfg, stage_dir, stage, max_steps=int(cfg.steps[stage]))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    _save_final(trainer, last)
+    _mark_done(trainer, stage_dir)
+    return last
+
+
+def _save_final(trainer: L.Trainer, last: Path) -> None:
+    """``last.ckpt`` = the end state (the periodic one may be older), replaced atomically."""
+    tmp = last.with_name(f".{last.name}.tmp")
+    trainer.save_checkpoint(tmp)  # collective call: every rank enters, rank 0 writes
+    if trainer.is_global_zero:
+        os.replace(tmp, last)
+    trainer.strategy.barrier()
+
+
+def build_stage1(cfg: DictConfig) -> FusionModule:
+    return instantiate(cfg.model.stage1)
+
+
+def build_stage2(cfg: DictConfig, phase: str, stage1_ckpt: Path | None) -> FusionModule:
+    return instantiate(cfg.model.stage2, stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None, phase=phase)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the stages of ``cfg.stages`` in order; returns the test metrics (empty without a test stage)."""
+    validate(cfg)
+    resolve_run_id(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+    log.info("run %s/%s in %s", cfg.experiment_name, cfg.run_id, run_dir)
+    datamodule = build_datamodule(cfg)
+
+    last_ckpt: Path | None = None
+    stage1_ckpt: Path | None = None
+    for stage in cfg.stages:
+        if stage == "stage1":
+            stage1_ckpt = last_ckpt = _run_or_skip(cfg, "stage1", lambda: build_stage1(cfg), datamodule)
+        elif stage == "stage2":
+            previous: Path | None = None
+            for phase in cfg.stage2_phases:
+                name = f"stage2_{phase}"
+
+                def make(phase: str = phase, previous: Path | None = previous) -> FusionModule:
+                    module = build_stage2(cfg, phase, stage1_ckpt)
+                    if previous is not None:
+                        module.load_previous_phase(str(previous))
+                    return module
+
+                previous = last_ckpt = _run_or_skip(cfg, name, make, datamodule)
+        elif stage == "test":
+            if last_ckpt is None:
+                raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]).")
+            return test(cfg, last_ckpt, datamodule)
+    return {}
+
+
+def _run_or_skip(cfg: DictConfig, stage: str, make, datamodule: L.LightningDataModule) -> Path:
+    stage_dir = Path(cfg.paths.run_dir) / stage
+    if _is_done(stage_dir):
+        log.info("%s: finished earlier (%s exists), skipping", stage, stage_dir / MARKER)
+        return stage_dir / "last.ckpt"
+    return fit_stage(cfg, stage, make(), datamodule)
+
+
+def test(cfg: DictConfig, ckpt: Path, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """Score the last checkpoint on the test split (never used to pick a checkpoint)."""
+    from lightning_modules import load_fusion_model
+
+    model = load_fusion_model(ckpt)
+    out_dir = Path(cfg.paths.run_dir) / "test"
+    model.test_output_dir = str(out_dir)
+    trainer = build_trainer(cfg, out_dir, "test", max_steps=-1)
+    results = trainer.test(model, datamodule=datamodule)
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}

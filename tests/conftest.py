@@ -1,0 +1,49 @@
+"""Shared fixtures: config composition, the real IR/VIS folder, tiny batches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+os.environ.setdefault("PROJECT_ROOT", str(REPO))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def real_data_root() -> Path | None:
+    """``$SGDFUSE_REAL_DATA`` or ``<repo>/../shared/data/ivif_real`` (TNO + RoadScene), if present."""
+    candidates = [os.environ.get("SGDFUSE_REAL_DATA"), REPO.parent / "shared" / "data" / "ivif_real"]
+    for c in candidates:
+        if c and (Path(c) / "TNO").is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture
+def real_data() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real IR/VIS pairs not found: set SGDFUSE_REAL_DATA to the ivif_real folder "
+                    "(holding TNO/ and RoadScene/) or place it at ../shared/data/ivif_real")
+    return root
+
+
+def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose a config as ``train.py`` would (Hydra resolvers included, no run)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+
+
+def make_batch(b: int = 2, h: int = 32, w: int = 40, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ir = torch.rand(b, 1, h, w, generator=g)
+    vis = torch.rand(b, 3, h, w, generator=g)
+    masks = (torch.rand(b, 2, h, w, generator=g) > 0.7).float()
+    return {"ir": ir, "vis": vis, "mask_ir": masks[:, :1], "mask_vis": masks[:, 1:],
+            "name": [f"p{i}.png" for i in range(b)]}

@@ -1,0 +1,75 @@
+import torch
+
+from sgdfuse.color import rgb_to_y, recombine, rgb_to_ycbcr, ycbcr_to_rgb
+from sgdfuse.losses import fusion_loss, sobel_magnitude
+
+
+def _ir_over_flat_vis(h: int = 24, w: int = 28):
+    """IR brighter than a flat VIS everywhere: the targets are exactly IR and |∇IR|."""
+    g = torch.Generator().manual_seed(0)
+    ir = 0.5 + 0.5 * torch.rand(1, 1, h, w, generator=g)
+    y_vis = torch.full((1, 1, h, w), 0.2)
+    return ir, y_vis
+
+
+def test_loss_is_zero_at_the_targets():
+    ir, y_vis = _ir_over_flat_vis()
+    losses = fusion_loss(ir.clone(), ir, y_vis, w_int=1.0, w_grad=1.0)
+    assert losses["loss"].item() < 1e-7
+
+
+def test_loss_grows_with_the_error():
+    ir, y_vis = _ir_over_flat_vis()
+    noise = torch.randn_like(ir, generator=torch.Generator().manual_seed(1))
+    values = [fusion_loss(ir + s * noise, ir, y_vis)["loss"].item() for s in (0.0, 0.01, 0.05, 0.2)]
+    assert values == sorted(values) and values[-1] > 10 * values[1] > 0
+
+
+def test_intensity_target_is_the_pixelwise_max():
+    ir = torch.tensor([[[[0.2, 0.9]]]])
+    y_vis = torch.tensor([[[[0.6, 0.1]]]])
+    losses = fusion_loss(torch.tensor([[[[0.6, 0.9]]]]), ir, y_vis, w_grad=0.0)
+    assert losses["loss_int"].item() == 0.0
+    losses = fusion_loss(torch.tensor([[[[0.2, 0.9]]]]), ir, y_vis, w_grad=0.0)
+    assert abs(losses["loss_int"].item() - 0.2) < 1e-6  # mean of |0.2-0.6| and 0
+
+
+def test_sobel_of_a_ramp_and_a_flat_image():
+    ramp = torch.arange(10.0).view(1, 1, 1, 10).expand(1, 1, 8, 10)
+    grad = sobel_magnitude(ramp)
+    assert torch.allclose(grad[..., 1:-1], torch.full_like(grad[..., 1:-1], 8.0))  # 1+2+1, twice the step
+    assert sobel_magnitude(torch.ones(1, 1, 5, 5)).abs().max() == 0
+
+
+def test_mask_weights_are_normalised_by_coverage():
+    """A constant error gives the same loss whatever the mask covers (DESIGN.md: normalised weights)."""
+    ir, y_vis = _ir_over_flat_vis()
+    fused = ir + 0.1
+    small = torch.zeros_like(ir)
+    small[..., :3, :3] = 1
+    large = torch.ones_like(ir)
+    a = fusion_loss(fused, ir, y_vis, mask_ir=small, mask_vis=small, mask_weight=4.0)["loss_int"]
+    b = fusion_loss(fused, ir, y_vis, mask_ir=large, mask_vis=large, mask_weight=4.0)["loss_int"]
+    assert torch.allclose(a, b) and abs(a.item() - 0.1) < 1e-5
+
+
+def test_masked_loss_weights_errors_inside_the_mask_more():
+    ir, y_vis = _ir_over_flat_vis()
+    mask = torch.zeros_like(ir)
+    mask[..., :, :14] = 1
+    err_in, err_out = ir.clone(), ir.clone()
+    err_in[..., :, :14] += 0.1
+    err_out[..., :, 14:] += 0.1
+    kw = {"mask_ir": mask, "mask_vis": mask, "mask_weight": 3.0}
+    assert fusion_loss(err_in, ir, y_vis, **kw)["loss_int"] > fusion_loss(err_out, ir, y_vis, **kw)["loss_int"]
+    # without weight the two errors cost the same
+    assert torch.isclose(fusion_loss(err_in, ir, y_vis)["loss_int"], fusion_loss(err_out, ir, y_vis)["loss_int"])
+
+
+def test_ycbcr_round_trip_and_grey_luminance():
+    rgb = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(ycbcr_to_rgb(rgb_to_ycbcr(rgb)), rgb, atol=1e-5)
+    grey = torch.rand(1, 1, 4, 4).expand(1, 3, 4, 4)
+    assert torch.allclose(rgb_to_y(grey), grey[:, :1], atol=1e-6)
+    # recombining the VIS luminance with its own chroma gives the VIS image back
+    assert torch.allclose(recombine(rgb_to_y(rgb), rgb), rgb, atol=1e-5)

@@ -1,0 +1,20 @@
+"""Train SGDFuse: ``python train.py +experiment=full`` (see README and configs/)."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from sgdfuse.pipeline import run  # after Hydra parsed the command line: `--help` stays fast
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
