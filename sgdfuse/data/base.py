@@ -19,7 +19,7 @@ import numpy as np
 
 
 class DataError(ValueError):
-    """Bad dataset input (missing folder, unpaired file, undecodable image...). The message says what to do."""
+    """Bad dataset input (missing folder, unpaired file, undecodable image...); says what to do."""
 
 
 @dataclass

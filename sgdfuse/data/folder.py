@@ -1,0 +1,245 @@
+"""Registered IR/VIS pairs stored as two folders of images, and the standard dataset layouts.
+
+A pair is an IR file and a VIS file with the same stem (``ir/00012.png`` + ``vi/00012.jpg``). The folders
+are scanned, paired and checked when the source is built, so that a wrong path or a missing twin fails
+before any training starts. Layouts (classmethods, each with a config in ``configs/data/``):
+
+=========  ==============================================================  ================================
+MSRS       ``<root>/{train,test}/{ir,vi}``                                 official train / test
+M3FD       ``<root>/Ir``, ``<root>/Vis``                                   no official split: see ``m3fd``
+LLVIP      ``<root>/infrared/{train,test}``, ``<root>/visible/{train,test}``  official train / test
+RoadScene  ``<root>/{ir,vi}``                                              test only
+TNO        ``<root>/{ir,vi}``                                              test only
+=========  ==============================================================  ================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sgdfuse.data.base import DataError, Pair, PairSource
+from sgdfuse.data.io import IMAGE_EXTENSIONS, read_ir, read_vis
+
+_SHOW = 5  # names listed in error messages
+
+
+class FolderPairs(PairSource):
+    """Pairs of ``root/ir_dir/<stem>.*`` and ``root/vis_dir/<stem>.*``, sorted by stem.
+
+    ``names`` restricts the source to these stems (in sorted order), e.g. one split of a dataset without
+    split folders. ``split`` is only a label for messages. Pair names are the file stems.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        ir_dir: str = "ir",
+        vis_dir: str = "vi",
+        split: str | None = None,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.ir_dir = ir_dir
+        self.vis_dir = vis_dir
+        self.split = split
+        where = f" ({split} split)" if split else ""
+        if not self.root.is_dir():
+            raise DataError(
+                f"dataset root {self.root}{where} does not exist; set the data root to the folder that "
+                f"holds {ir_dir}/ and {vis_dir}/ (e.g. data.root=/path/to/dataset)."
+            )
+        # Both folders must exist before their contents are judged: the first message names the real problem.
+        _require_folder(self.root, ir_dir, "IR", vis_dir)
+        _require_folder(self.root, vis_dir, "VIS", ir_dir)
+        ir_files, vis_files = _scan(self.root / ir_dir, "IR"), _scan(self.root / vis_dir, "VIS")
+        _check_twins(self.root, ir_dir, vis_dir, ir_files, vis_files)
+        stems = sorted(ir_files)
+        if names is not None:
+            stems = _select(stems, names, self.root)
+        self._ir = [ir_files[s] for s in stems]
+        self._vis = [vis_files[s] for s in stems]
+        self._names = stems
+        self._keys: dict[int, str] = {}
+        self._last: tuple[int, Pair] | None = None  # the mask source re-reads the pair just loaded
+
+    # -- standard layouts -------------------------------------------------------------------------------
+    @classmethod
+    def msrs(cls, root: str | os.PathLike, split: str = "train") -> FolderPairs:
+        """MSRS: ``<root>/{train,test}/{ir,vi}``."""
+        _check_split(split, ("train", "test"), "MSRS")
+        _require_root(root, "MSRS", "train/ and test/, each with ir/ and vi/")
+        return cls(Path(root) / split, "ir", "vi", split=split)
+
+    @classmethod
+    def llvip(cls, root: str | os.PathLike, split: str = "train") -> FolderPairs:
+        """LLVIP: ``<root>/infrared/{train,test}`` and ``<root>/visible/{train,test}``."""
+        _check_split(split, ("train", "test"), "LLVIP")
+        _require_root(root, "LLVIP", "infrared/ and visible/")
+        return cls(root, f"infrared/{split}", f"visible/{split}", split=split)
+
+    @classmethod
+    def m3fd(
+        cls,
+        root: str | os.PathLike,
+        split: str = "train",
+        test_fraction: float = 0.2,
+        test_list: str | os.PathLike | None = None,
+    ) -> FolderPairs:
+        """M3FD: ``<root>/Ir`` and ``<root>/Vis``, which have no official split.
+
+        The test split is the stems listed in ``test_list`` (a text file, one stem or file name per line) when
+        given, else the last ``test_fraction`` of the sorted stems (a contiguous block: consecutive frames
+        are alike, so interleaving would leak scenes into the test split). Train is the rest.
+        """
+        _check_split(split, ("train", "test"), "M3FD")
+        everything = cls(root, "Ir", "Vis", split=split)
+        stems = everything.names()
+        if test_list is not None:
+            test = set(_select(stems, _read_list(test_list), Path(root)))
+        else:
+            if not 0.0 < test_fraction < 1.0:
+                raise DataError(f"M3FD test_fraction must be in (0, 1), got {test_fraction}")
+            n_test = max(1, round(test_fraction * len(stems)))
+            test = set(stems[len(stems) - n_test :])
+        chosen = [s for s in stems if (s in test) == (split == "test")]
+        if not chosen:
+            raise DataError(f"M3FD {split} split of {root} is empty; change test_fraction or the test list.")
+        return cls(root, "Ir", "Vis", split=split, names=chosen)
+
+    @classmethod
+    def roadscene(cls, root: str | os.PathLike) -> FolderPairs:
+        """RoadScene: ``<root>/{ir,vi}`` (a test set)."""
+        return cls(root, "ir", "vi", split="test")
+
+    @classmethod
+    def tno(cls, root: str | os.PathLike) -> FolderPairs:
+        """TNO: ``<root>/{ir,vi}`` (a test set)."""
+        return cls(root, "ir", "vi", split="test")
+
+    # -- PairSource ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def files(self, index: int) -> tuple[Path, Path]:
+        """(IR file, VIS file) of pair ``index``."""
+        return self._ir[index], self._vis[index]
+
+    def key(self, index: int) -> str:
+        """SHA-1 of both files' bytes (computed on first use, then cached)."""
+        index = self._check_index(index)
+        if index not in self._keys:
+            digest = hashlib.sha1()
+            for path in self.files(index):
+                data = path.read_bytes()
+                digest.update(len(data).to_bytes(8, "little"))  # unambiguous boundary between the files
+                digest.update(data)
+            self._keys[index] = digest.hexdigest()
+        return self._keys[index]
+
+    def __getitem__(self, index: int) -> Pair:
+        index = self._check_index(index)
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
+        ir_path, vis_path = self.files(index)
+        ir, vis = read_ir(ir_path), read_vis(vis_path)
+        if ir.shape != vis.shape[:2]:
+            raise DataError(
+                f"pair {self._names[index]!r}: IR {ir_path} is {ir.shape[1]}×{ir.shape[0]} but VIS "
+                f"{vis_path} is {vis.shape[1]}×{vis.shape[0]} (W×H); registered pairs must have the "
+                "same size: resize or remove this pair."
+            )
+        for array in (ir, vis):
+            array.setflags(write=False)  # shared through the cache: copy before modifying
+        pair = Pair(name=self._names[index], ir=ir, vis=vis, key=self.key(index))
+        self._last = (index, pair)
+        return pair
+
+    def _check_index(self, index: int) -> int:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} pairs in {self.root}")
+        return index % len(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, {self.ir_dir!r}, {self.vis_dir!r}, n={len(self)})"
+
+
+def _require_folder(root: Path, sub: str, modality: str, other: str) -> None:
+    folder = root / sub
+    if not folder.is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DataError(
+            f"{modality} folder {folder} does not exist (sub-folders of {root}: {present or 'none'}); "
+            f"a pair folder needs {sub}/ and {other}/ side by side, or set ir_dir / vis_dir."
+        )
+
+
+def _scan(folder: Path, modality: str) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (hidden and non-image files skipped); errors say what to fix."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if path.stem in files:
+            raise DataError(
+                f"{folder} holds two images named {path.stem!r} ({files[path.stem].name}, {path.name}); "
+                "keep one per name."
+            )
+        files[path.stem] = path
+    if not files:
+        raise DataError(
+            f"{modality} folder {folder} contains no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            "put the dataset's images there or point the data root elsewhere."
+        )
+    return files
+
+
+def _check_twins(root: Path, ir_dir: str, vis_dir: str, ir: dict[str, Path], vis: dict[str, Path]) -> None:
+    problems = []
+    for here, there, files, others in ((ir_dir, vis_dir, ir, vis), (vis_dir, ir_dir, vis, ir)):
+        lonely = sorted(set(files) - set(others))
+        if lonely:
+            shown = ", ".join(files[s].name for s in lonely[:_SHOW]) + (" ..." if len(lonely) > _SHOW else "")
+            problems.append(f"{len(lonely)} file(s) in {here}/ without a twin in {there}/: {shown}")
+    if problems:
+        raise DataError(
+            f"unpaired images under {root}: " + "; ".join(problems)
+            + ". Every IR image needs a VIS image with the same name (the extension may differ): "
+            "add the missing twins or remove these files."
+        )
+
+
+def _select(stems: list[str], wanted: Sequence[str], root: Path) -> list[str]:
+    """``stems`` restricted to ``wanted`` (stems or file names), in sorted order; unknown names are errors."""
+    known = set(stems)
+    wanted_stems = {w if w in known else Path(w).stem for w in map(str, wanted)}
+    unknown = sorted(wanted_stems - known)
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} requested pair name(s) not found under {root}: {unknown[:_SHOW]}; "
+            "fix the name list."
+        )
+    return [s for s in stems if s in wanted_stems]
+
+
+def _read_list(path: str | os.PathLike) -> list[str]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"split list {path} does not exist; give a text file with one pair name per line.")
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _require_root(root: str | os.PathLike, dataset: str, holds: str) -> None:
+    if not Path(root).expanduser().is_dir():
+        raise DataError(f"{dataset} root {root} does not exist; set data.root to the folder holding {holds}.")
+
+
+def _check_split(split: str, allowed: tuple[str, ...], dataset: str) -> None:
+    if split not in allowed:
+        raise DataError(f"{dataset} has splits {list(allowed)}, got split={split!r}")
