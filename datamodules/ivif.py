@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sgdfuse.data.base import DataError, PairSource
 from sgdfuse.data.transforms import apply_joint, seed_transform, train_transform
@@ -45,7 +46,23 @@ class PairDataset(Dataset):
     def reseed(self, seed: int) -> None:
         """Seed the augmentation's own random state (albumentations ignores global seeds)."""
         if self.transform is not None:
-            seed_transform(self.transform, seed)
+            self._rngs = seed_transform(self.transform, seed)
+
+    # StatefulDataLoader saves/restores these with the loader position, so a run resumed mid-epoch draws
+    # the same crops and flips as an uninterrupted one (plain ints: checkpoints stay weights_only).
+    def state_dict(self) -> dict[str, Any]:
+        if self.transform is None or getattr(self, "_rngs", None) is None:
+            return {}
+        np_rng, py_rng = self._rngs
+        return {"numpy": np_rng.bit_generator.state, "python": py_rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state or self.transform is None:
+            return
+        np_rng, py_rng = self._rngs
+        np_rng.bit_generator.state = state["numpy"]
+        version, internal, gauss = state["python"]
+        py_rng.setstate((version, tuple(internal), gauss))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.pairs[index]
@@ -209,15 +226,18 @@ class IVIFDataModule(L.LightningDataModule):
             self.datasets[split] = PairDataset(
                 pairs,
                 self.mask_source,
-                transform=train_transform(self.crop_size, seed=self.seed) if split == "train" else None,
+                transform=train_transform(self.crop_size) if split == "train" else None,
                 perturb=self._perturb_for(split),
             )
+            self.datasets[split].reseed(self.seed)
         return self.datasets[split]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         dataset = self._dataset(split)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
+        # torchdata's StatefulDataLoader: Lightning checkpoints its position (sampler, RNGs, dataset state)
+        # and restores it, so resuming mid-epoch continues with the next batch, not a new epoch.
+        return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,

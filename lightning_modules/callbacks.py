@@ -1,0 +1,96 @@
+"""Lightning callbacks: image panels and mask statistics for whichever logger is configured."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from sgdfuse.data.io import write_png_atomic
+from sgdfuse.visualize import panel_rows
+
+PANEL_CAPTION = "IR | VIS | mask IR | mask VIS | Stage I | final"
+
+
+class FusionImageLogger(L.Callback):
+    """Every ``every_n_steps`` training steps: a panel IR | VIS | masks | Stage I | final of the batch,
+    and the mask coverage of every batch (fraction of pixels inside the IR / VIS masks).
+
+    Panels go to W&B (``log_image``) or TensorBoard (``add_image``); with other loggers they are written as
+    PNGs under ``<trainer.default_root_dir>/samples/``.
+    """
+
+    def __init__(self, every_n_steps: int = 500, max_images: int = 4) -> None:
+        self.every_n_steps = every_n_steps
+        self.max_images = max_images
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: dict[str, Any], batch_idx: int) -> None:
+        pl_module.log_dict({"data/mask_ir_coverage": batch["mask_ir"].mean(),
+                            "data/mask_vis_coverage": batch["mask_vis"].mean()},
+                           on_step=True, on_epoch=False, batch_size=batch["ir"].shape[0])
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0:
+            self._log_panel(trainer, pl_module, batch, step)
+
+    @rank_zero_only
+    def _log_panel(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any],
+                   step: int) -> None:
+        n = min(self.max_images, batch["ir"].shape[0])
+        small = {k: v[:n] if isinstance(v, torch.Tensor | list) else v for k, v in batch.items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            out = pl_module.fuse(small)
+        pl_module.train(was_training)
+        rows = panel_rows(small, out)  # one H×(6W)×3 array per image
+        logged = False
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("samples/panel", images=list(rows), step=step,
+                                 caption=[f"{name}: {PANEL_CAPTION}" for name in small["name"]])
+                logged = True
+            elif isinstance(logger, TensorBoardLogger):
+                for i, row in enumerate(rows):
+                    logger.experiment.add_image(f"samples/panel_{i}", row, step, dataformats="HWC")
+                logged = True
+        if not logged:
+            out_dir = Path(trainer.default_root_dir) / "samples"
+            for name, row in zip(small["name"], rows, strict=True):
+                write_png_atomic(out_dir / f"step{step:07d}_{Path(name).stem}.png", row)
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the Python, NumPy and torch (CPU + CUDA) RNG states in every checkpoint and restores them on
+    resume, so that a resumed run draws the same noise and augmentations as an uninterrupted one.
+
+    Stored as plain ints and tensors: checkpoints stay loadable with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["gauss"]))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
