@@ -68,9 +68,8 @@ class FusionModule(L.LightningModule):
         out = self.fuse(batch)
         self.test_metrics.update(out["final"], batch["ir"], batch["vis"], names=batch["name"])
         if self.test_output_dir:
-            for name, img in zip(batch["name"], out["final"], strict=True):
-                stem = Path(name).stem
-                write_png_atomic(Path(self.test_output_dir) / "fused" / f"{stem}.png",
+            for name, img in zip(batch["name"], out["final"], strict=True):  # names are file stems
+                write_png_atomic(Path(self.test_output_dir) / "fused" / f"{name}.png",
                                  img.permute(1, 2, 0).float().cpu().numpy())
 
     def on_test_epoch_end(self) -> None:

@@ -7,16 +7,20 @@ run id, finished stages are skipped and the unfinished one resumes from its ``la
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import netrc
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules import FusionModule, read_checkpoint
@@ -73,21 +77,86 @@ def _training_stages(cfg: DictConfig) -> list[str]:
     return names
 
 
+#: Config sections that must not change when a run id is resumed (steps may grow: training longer is fine).
+RUN_IDENTITY_KEYS = ("experiment_name", "seed", "stages", "stage2_phases", "data", "masks", "model")
+
+
+def check_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Record the run's identity in ``run_dir/run_config.yaml``; refuse to resume under another config."""
+    current = {k: OmegaConf.to_container(cfg, resolve=True).get(k) for k in RUN_IDENTITY_KEYS}
+    path = run_dir / "run_config.yaml"
+    if path.is_file():
+        recorded = OmegaConf.to_container(OmegaConf.load(path))
+        diff = sorted(_diff_keys(recorded, current))
+        if diff:
+            raise ConfigError(
+                f"run_id={cfg.run_id}: {run_dir} was trained with another config (differs at: "
+                f"{', '.join(diff[:8])}). Use a new run_id, or restore the recorded overrides "
+                f"({path}).")
+        return
+    if _is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        OmegaConf.save(OmegaConf.create(current), tmp)
+        os.replace(tmp, path)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in set(a) | set(b):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _is_rank_zero() -> bool:
+    # before the Trainer exists: Lightning's DDP workers get LOCAL_RANK/NODE_RANK from their launcher
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    # _convert_=all: the DataModule's hparams go into checkpoints and must be plain containers
     return instantiate(cfg.data, mask_source=instantiate(cfg.masks.source),
-                       perturb=OmegaConf.to_container(cfg.masks.perturb, resolve=True))
+                       perturb=OmegaConf.to_container(cfg.masks.perturb, resolve=True), _convert_="all")
 
 
-def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_steps: int, **overrides: Any) -> L.Trainer:
+def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_steps: int,
+                  **overrides: Any) -> L.Trainer:
     callbacks = []
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is None:
             continue
         extra = {"dirpath": str(stage_dir)} if cb_cfg._target_.endswith("ModelCheckpoint") else {}
         callbacks.append(instantiate(cb_cfg, **extra))
-    loggers = [instantiate(lg, version=stage) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    loggers = [build_logger(lg, stage) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return instantiate(cfg.trainer, max_steps=max_steps, callbacks=callbacks, logger=loggers or False,
                        default_root_dir=str(stage_dir), **overrides)
+
+
+def build_logger(logger_cfg: DictConfig, stage: str) -> Logger:
+    """CSV/TensorBoard: one version folder per stage. W&B: one run for all stages, keys prefixed by stage."""
+    if logger_cfg._target_.endswith("WandbLogger"):
+        offline = logger_cfg.get("offline")
+        return instantiate(logger_cfg, prefix=stage, offline=wandb_offline() if offline is None else offline)
+    return instantiate(logger_cfg, version=stage)
+
+
+@functools.cache
+def wandb_offline() -> bool:
+    """True (and said once) when no W&B API key is configured and WANDB_MODE does not decide."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    try:
+        has_key = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        has_key = False
+    if not has_key:
+        log.warning("W&B: no API key configured (WANDB_API_KEY or `wandb login`): logging OFFLINE to "
+                    "<run_dir>/wandb; upload later with `wandb sync <run_dir>/wandb/offline-run-*`.")
+    return not has_key
 
 
 def _is_done(stage_dir: Path) -> bool:
@@ -131,8 +200,13 @@ def build_stage1(cfg: DictConfig) -> FusionModule:
     return instantiate(cfg.model.stage1)
 
 
-def build_stage2(cfg: DictConfig, phase: str, stage1_ckpt: Path | None) -> FusionModule:
-    return instantiate(cfg.model.stage2, stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None, phase=phase)
+def build_stage2(cfg: DictConfig, phase: str, stage1_ckpt: Path | None,
+                 previous_phase: Path | None = None) -> FusionModule:
+    """Stage II in ``phase``; later phases start from the previous phase's weights."""
+    module = instantiate(cfg.model.stage2, stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None, phase=phase)
+    if previous_phase is not None:
+        module.load_previous_phase(str(previous_phase))
+    return module
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -142,25 +216,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     log.info("run %s/%s in %s", cfg.experiment_name, cfg.run_id, run_dir)
+    check_run_config(cfg, run_dir)
     datamodule = build_datamodule(cfg)
 
     last_ckpt: Path | None = None
     stage1_ckpt: Path | None = None
     for stage in cfg.stages:
         if stage == "stage1":
-            stage1_ckpt = last_ckpt = _run_or_skip(cfg, "stage1", lambda: build_stage1(cfg), datamodule)
+            stage1_ckpt = last_ckpt = _run_or_skip(cfg, "stage1", functools.partial(build_stage1, cfg),
+                                                   datamodule)
         elif stage == "stage2":
             previous: Path | None = None
             for phase in cfg.stage2_phases:
-                name = f"stage2_{phase}"
-
-                def make(phase: str = phase, previous: Path | None = previous) -> FusionModule:
-                    module = build_stage2(cfg, phase, stage1_ckpt)
-                    if previous is not None:
-                        module.load_previous_phase(str(previous))
-                    return module
-
-                previous = last_ckpt = _run_or_skip(cfg, name, make, datamodule)
+                make = functools.partial(build_stage2, cfg, phase, stage1_ckpt, previous)
+                previous = last_ckpt = _run_or_skip(cfg, f"stage2_{phase}", make, datamodule)
         elif stage == "test":
             if last_ckpt is None:
                 raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]).")
@@ -168,7 +237,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return {}
 
 
-def _run_or_skip(cfg: DictConfig, stage: str, make, datamodule: L.LightningDataModule) -> Path:
+def _run_or_skip(cfg: DictConfig, stage: str, make: Callable[[], FusionModule],
+                 datamodule: L.LightningDataModule) -> Path:
     stage_dir = Path(cfg.paths.run_dir) / stage
     if _is_done(stage_dir):
         log.info("%s: finished earlier (%s exists), skipping", stage, stage_dir / MARKER)

@@ -38,7 +38,7 @@ def test_fuse_keeps_size_and_vis_chroma():
     batch = make_batch(b=1, h=33, w=47)
     out = module.fuse(batch)
     assert out["final"].shape == (1, 3, 33, 47)
-    assert 0 <= out["final"].min() and out["final"].max() <= 1
+    assert out["final"].min() >= 0 and out["final"].max() <= 1
 
 
 def test_a_few_steps_lower_the_loss_on_one_batch():
@@ -46,7 +46,8 @@ def test_a_few_steps_lower_the_loss_on_one_batch():
     module = Stage1FusionModule(net=TINY_NET, optimizer={"_target_": "torch.optim.Adam", "lr": 3e-3})
     batch = make_batch(b=2, h=32, w=32)
     for key in ("ir", "vis"):  # smooth images: a structured target like real pairs, not pixel noise
-        batch[key] = torch.nn.functional.interpolate(batch[key][..., ::8, ::8], size=(32, 32), mode="bilinear")
+        coarse = batch[key][..., ::8, ::8]
+        batch[key] = torch.nn.functional.interpolate(coarse, size=(32, 32), mode="bilinear")
     opt = module.configure_optimizers()["optimizer"]
     first = module.compute_losses(batch)["loss"].item()
     for _ in range(40):

@@ -1,0 +1,66 @@
+"""Every config composes; experiments change what their names say; bad keys fail clearly."""
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import CONFIG_DIR, REPO, compose_train
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def test_the_experiments_the_issues_ask_for_exist():
+    assert {"paper", "full", "stage1_only", "ablate_cfc"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("extra", [[], ["preset=cpu"], ["preset=cpu", "debug=fast"]])
+def test_every_experiment_composes_and_resolves(name, extra):
+    cfg = compose_train([f"+experiment={name}", *extra])
+    assert cfg.experiment_name == name
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    assert set(cfg.stages) <= {"stage1", "stage2", "test"}
+
+
+def test_defaults_are_the_paper_settings_and_the_cpu_preset_shrinks_them():
+    paper = compose_train([])
+    cpu = compose_train(["preset=cpu"])
+    assert paper.data.batch_size == 24 and paper.data.crop_size == 160
+    assert paper.model.stage1.net.channels == 32 and paper.steps.stage2_a == 200000
+    assert cpu.model.stage1.net.channels < paper.model.stage1.net.channels
+    assert cpu.steps.stage1 < paper.steps.stage1 and cpu.trainer.accelerator == "cpu"
+
+
+def test_cfc_switch_per_experiment():
+    assert compose_train(["+experiment=full"]).model.stage1.net.use_cfc is True
+    for name in ("paper", "ablate_cfc"):
+        assert compose_train([f"+experiment={name}"]).model.stage1.net.use_cfc is False
+
+
+def test_paper_differs_from_full_only_in_cfc():
+    full = OmegaConf.to_container(compose_train(["+experiment=full"]))
+    paper = OmegaConf.to_container(compose_train(["+experiment=paper"]))
+    full["experiment_name"] = paper["experiment_name"]
+    full["model"]["stage1"]["net"]["use_cfc"] = False
+    assert full == paper
+
+
+def test_trainer_group_options():
+    for name in ("auto", "cpu", "gpu", "ddp", "ddp_cpu"):
+        cfg = compose_train([f"trainer={name}"])
+        assert cfg.trainer._target_ == "lightning.pytorch.trainer.Trainer"
+    assert compose_train(["trainer=ddp_cpu"]).trainer.devices == 2
+
+
+def _run_train(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_unknown_experiment_names_the_key_and_the_options(tmp_path):
+    proc = _run_train("+experiment=no_such_thing", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "experiment/no_such_thing" in proc.stderr
+    assert "ablate_cfc" in proc.stderr  # Hydra lists the available experiments

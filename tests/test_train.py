@@ -1,0 +1,114 @@
+"""train.py end to end on the synthetic data: checkpoints, markers, resume, test results, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules import load_fusion_model
+from sgdfuse.pipeline import ConfigError, run
+from tests.conftest import REPO, compose_train
+
+TINY = ["preset=cpu", "debug=fast", "model.stage1.net.channels=8", "model.stage1.net.num_stages=1",
+        "data.test.num_pairs=2", "data.test.height=40", "data.test.width=52",
+        "data.val.num_pairs=1", "data.val.height=40", "data.val.width=52", "data.num_workers=0"]
+
+
+def _overrides(root: Path, *extra: str) -> list[str]:
+    return [*TINY, f"paths.checkpoint_dir={root}/checkpoints", f"paths.cache_dir={root}/cache", *extra]
+
+
+def _train(root: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SGDFUSE_RUN_ID": ""}
+    env.pop("SGDFUSE_RUN_ID")
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *_overrides(root, *extra), f"hydra.run.dir={root}/hydra"],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    proc = _train(root, "+experiment=stage1_only", "run_id=r1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "checkpoints" / "stage1_only" / "r1"
+
+
+def test_writes_checkpoint_marker_config_and_test_results(stage1_run):
+    assert (stage1_run / "stage1" / "last.ckpt").is_file()
+    assert json.loads((stage1_run / "stage1" / "DONE").read_text())["global_step"] == 3
+    assert (stage1_run / "run_config.yaml").is_file()
+    metrics = json.loads((stage1_run / "test" / "metrics.json").read_text())
+    assert {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"} <= set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert len(list((stage1_run / "test" / "fused").glob("*.png"))) == 2
+
+
+def test_checkpoint_loads_back_and_reproduces_the_test_images(stage1_run):
+    ckpt = torch.load(stage1_run / "stage1" / "last.ckpt", weights_only=True)  # plain containers only
+    assert ckpt["global_step"] == 3
+    model = load_fusion_model(stage1_run / "stage1" / "last.ckpt")
+    cfg = compose_train(_overrides(stage1_run.parent.parent.parent, "+experiment=stage1_only"))
+    from sgdfuse.pipeline import build_datamodule
+
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    with torch.no_grad():
+        fused = model.fuse(batch)["final"][0].permute(1, 2, 0).numpy()
+    png = stage1_run / "test" / "fused" / f"{batch['name'][0]}.png"
+    written = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
+    assert np.abs(np.round(fused * 255).astype(int) - written.astype(int)).max() <= 1
+
+
+def test_restart_with_the_same_run_id_skips_finished_stages(stage1_run):
+    ckpt = stage1_run / "stage1" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    proc = _train(stage1_run.parent.parent.parent, "+experiment=stage1_only", "run_id=r1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished earlier" in proc.stderr + proc.stdout
+    assert ckpt.stat().st_mtime_ns == before
+
+
+def test_same_run_id_with_another_config_is_refused(stage1_run):
+    cfg = compose_train(_overrides(stage1_run.parent.parent.parent, "+experiment=stage1_only", "run_id=r1",
+                                   "model.stage1.net.use_cfc=false"))
+    with pytest.raises(ConfigError, match="model.stage1.net.use_cfc"):
+        run(cfg)
+
+
+def test_missing_data_folder_fails_before_training(tmp_path):
+    cfg = compose_train(_overrides(tmp_path, "+experiment=stage1_only", "data=folder",
+                                   f"data.root={tmp_path}/nowhere", "masks=none", "run_id=bad"))
+    with pytest.raises(Exception, match="nowhere"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints" / "stage1_only" / "bad" / "stage1").exists()
+
+
+def test_ir_file_without_vis_twin_names_it(tmp_path):
+    for sub in ("ir", "vi"):
+        (tmp_path / "ds" / sub).mkdir(parents=True)
+    img = np.zeros((16, 16), np.uint8)
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / "ds" / "ir" / name), img)
+    cv2.imwrite(str(tmp_path / "ds" / "vi" / "a.png"), img)
+    cfg = compose_train(_overrides(tmp_path, "+experiment=stage1_only", "data=folder",
+                                   f"data.root={tmp_path}/ds", "masks=none", "run_id=bad"))
+    with pytest.raises(Exception, match="b"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints" / "stage1_only" / "bad" / "stage1").exists()
+
+
+def test_invalid_stage_names_are_rejected_before_work(tmp_path):
+    cfg = compose_train(_overrides(tmp_path, "stages=[stage1,stage3]"))
+    with pytest.raises(ConfigError, match="stage3"):
+        run(cfg)
