@@ -7,13 +7,14 @@ flips; validation and test batches are full images, one per batch by default bec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sgdfuse.data.base import DataError, PairSource
@@ -46,25 +47,13 @@ class PairDataset(Dataset):
     def reseed(self, seed: int) -> None:
         """Seed the augmentation's own random state (albumentations ignores global seeds)."""
         if self.transform is not None:
-            self._rngs = seed_transform(self.transform, seed)
+            seed_transform(self.transform, seed)
 
-    # StatefulDataLoader saves/restores these with the loader position, so a run resumed mid-epoch draws
-    # the same crops and flips as an uninterrupted one (plain ints: checkpoints stay weights_only).
-    def state_dict(self) -> dict[str, Any]:
-        if self.transform is None or getattr(self, "_rngs", None) is None:
-            return {}
-        np_rng, py_rng = self._rngs
-        return {"numpy": np_rng.bit_generator.state, "python": py_rng.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state or self.transform is None:
-            return
-        np_rng, py_rng = self._rngs
-        np_rng.bit_generator.state = state["numpy"]
-        version, internal, gauss = state["python"]
-        py_rng.setstate((version, tuple(internal), gauss))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """``index`` or ``(index, augmentation_seed)`` as yielded by :class:`EpochSeededSampler`."""
+        if isinstance(index, tuple):
+            index, aug_seed = index
+            self.reseed(aug_seed)
         pair = self.pairs[index]
         mask_ir, mask_vis = self.mask_source.load(self.pairs, index)
         for kind, mask in (("mask_ir", mask_ir), ("mask_vis", mask_vis)):
@@ -89,6 +78,33 @@ class PairDataset(Dataset):
         }
 
 
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Shuffled indices, each with its own augmentation seed: a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before every epoch (as for a DistributedSampler), and a
+    StatefulDataLoader resumed mid-epoch fast-forwards through the same sequence, so order, crops and flips
+    of a resumed run equal those of an uninterrupted one, whatever ``num_workers``.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch_seed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        g = torch.Generator().manual_seed(int(epoch_seed))
+        order = torch.randperm(self.num_samples, generator=g).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (self.num_samples,), generator=g).tolist()
+        return iter(zip(order, seeds, strict=True))
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     # A fresh, writable, contiguous float32 copy: pair arrays are cached read-only by the sources.
     return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
@@ -107,10 +123,10 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a distinct, reproducible augmentation stream per worker and epoch.
+    """DataLoader ``worker_init_fn``: distinct, reproducible NumPy and augmentation streams per worker.
 
-    ``torch.initial_seed()`` in a worker is the loader's base seed (drawn from its seeded generator every
-    epoch) plus the worker id; without this every worker would repeat the same crops and flips.
+    Training batches are seeded per sample by :class:`EpochSeededSampler`; this covers everything else
+    drawn in a worker (``torch.initial_seed()`` there is the loader's base seed plus the worker id).
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -229,19 +245,17 @@ class IVIFDataModule(L.LightningDataModule):
                 transform=train_transform(self.crop_size) if split == "train" else None,
                 perturb=self._perturb_for(split),
             )
-            self.datasets[split].reseed(self.seed)
+            self.datasets[split].reseed(self.seed)  # direct indexing; the train loader seeds per sample
         return self.datasets[split]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         dataset = self._dataset(split)
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        # torchdata's StatefulDataLoader: Lightning checkpoints its position (sampler, RNGs, dataset state)
-        # and restores it, so resuming mid-epoch continues with the next batch, not a new epoch.
+        # torchdata's StatefulDataLoader: Lightning checkpoints its position and restores it, so resuming
+        # mid-epoch continues with the next batch of the same epoch, not a new epoch.
         return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
             drop_last=shuffle and len(dataset) >= batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

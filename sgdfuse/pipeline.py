@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lightning_modules import FusionModule, read_checkpoint
+from lightning_modules import CheckpointError, FusionModule, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +175,44 @@ def fit_stage(cfg: DictConfig, stage: str, module: FusionModule, datamodule: L.L
     """Train one stage/phase to ``steps[stage]``, resuming from its ``last.ckpt`` when one exists."""
     stage_dir = Path(cfg.paths.run_dir) / stage
     last = stage_dir / "last.ckpt"
-    resume = str(last) if last.is_file() else None
+    resume = resume_checkpoint(stage_dir)
     if resume:
-        read_checkpoint(last)  # a corrupt file fails here with a message naming it
-        log.info("%s: resuming from %s", stage, last)
+        log.info("%s: resuming from %s", stage, resume)
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(cfg, stage_dir, stage, max_steps=int(cfg.steps[stage]))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     _save_final(trainer, last)
     _mark_done(trainer, stage_dir)
     return last
+
+
+def resume_checkpoint(stage_dir: Path) -> str | None:
+    """The readable checkpoint of ``stage_dir`` with the highest step (``last.ckpt`` on ties), or None.
+
+    A process killed between writing ``step*.ckpt`` and ``last.ckpt`` leaves the step file newer; an
+    unreadable file is skipped and said in the log. Never a silent fresh start: checkpoints exist but none
+    is readable -> CheckpointError.
+    """
+    candidates = [p for p in (stage_dir / "last.ckpt", *sorted(stage_dir.glob("step*.ckpt"))) if p.is_file()]
+    if not candidates:
+        return None
+    best, best_step, unreadable = None, -1, []
+    for path in candidates:
+        try:
+            step = int(read_checkpoint(path).get("global_step", 0))
+        except CheckpointError as err:
+            log.warning("%s", err)
+            unreadable.append(path.name)
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    if best is None:
+        raise CheckpointError(f"no readable checkpoint in {stage_dir} ({', '.join(unreadable)}); delete the "
+                              "stage folder to train this stage from scratch.")
+    if unreadable:
+        log.warning("%s unreadable: resuming from the previous good checkpoint %s (step %d)",
+                    ", ".join(unreadable), best, best_step)
+    return str(best)
 
 
 def _save_final(trainer: L.Trainer, last: Path) -> None:

@@ -41,16 +41,14 @@ def train_transform(crop_size: int, seed: int | None = None) -> A.Compose:
     return transform
 
 
-def seed_transform(transform: A.Compose, seed: int) -> tuple[np.random.Generator, random.Random]:
+def seed_transform(transform: A.Compose, seed: int) -> None:
     """Make ``transform`` draw from one random stream seeded by ``seed``.
 
     Not ``Compose(seed=...)``: albumentations 2.0 then gives every child transform its own generator
     seeded with the *same* seed, so HorizontalFlip and VerticalFlip always take the same decision and the
     crop position follows them. ``set_random_state`` shares a single stream among all of them instead.
     """
-    rngs = np.random.default_rng(seed), random.Random(seed)
-    transform.set_random_state(*rngs)
-    return rngs  # the caller may save/restore their state (exact resume)
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def apply_joint(
