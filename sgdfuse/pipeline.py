@@ -28,7 +28,7 @@ from lightning_modules import CheckpointError, FusionModule, read_checkpoint
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2", "test")
-PHASES = ("a", "b", "joint")
+PHASES = ("a", "b", "joint", "direct")
 MARKER = "DONE"
 RUN_ID_ENV = "SGDFUSE_RUN_ID"
 

@@ -64,3 +64,37 @@ def test_unknown_experiment_names_the_key_and_the_options(tmp_path):
     assert proc.returncode != 0
     assert "experiment/no_such_thing" in proc.stderr
     assert "ablate_cfc" in proc.stderr  # Hydra lists the available experiments
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+#: What each ablation may change relative to `full` (DESIGN.md, Ablations) — and must change.
+ABLATION_CHANGES = {
+    "paper": {"model.stage1.net.use_cfc"},
+    "ablate_cfc": {"model.stage1.net.use_cfc"},
+    "stage1_only": {"stages"},
+    "ablate_sam": {"masks.source._target_", "model.stage2.use_masks"},
+    "mask_erode": {"masks.perturb.mode"},
+    "mask_dilate": {"masks.perturb.mode"},
+    "ablate_diffusion": {"stage2_phases", "model.stage2.diffusion"},
+    "ablate_hfah": {"model.stage2.use_hfah"},
+    "single_stage": {"stages", "model.stage2.use_stage1"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATION_CHANGES))
+def test_each_ablation_changes_exactly_what_its_name_says(name):
+    # resolve=False: the run folder (paths.run_dir) legitimately carries the experiment name
+    full = _flat(OmegaConf.to_container(compose_train(["+experiment=full"])))
+    other = _flat(OmegaConf.to_container(compose_train([f"+experiment={name}"])))
+    changed = {k for k in full.keys() | other.keys() if full.get(k) != other.get(k)}
+    changed -= {"experiment_name"}
+    assert changed == ABLATION_CHANGES[name]
