@@ -35,7 +35,7 @@ def load_fusion_model(path: str | Path, map_location: str | torch.device = "cpu"
                               "it was not written by sgdfuse's train.py.")
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    model = cls.load_from_checkpoint(path, map_location=map_location)
+    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     return model.eval()
 
 
