@@ -1,0 +1,25 @@
+"""Score fused images: ``python evaluate.py data.root=DATASET method=avg|max|folder|checkpoint``."""
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from sgdfuse.evaluation import evaluate_from_config  # after Hydra parsed the command line
+
+    output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
+    means = evaluate_from_config(cfg, output_dir)
+    print(f"results in {output_dir}")
+    print("  ".join(f"{k}={v:.4f}" for k, v in means.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Fuse a dataset (baseline, checkpoint or a folder of fused images) and score it as published tables do.
+
+Outputs in one folder: ``fused/<name>.png`` (and ``stage1/<name>.png`` for two-stage checkpoints),
+``metrics.csv`` (one row per pair), ``metrics.md`` (mean table) and ``grid.png`` (IR | VIS | masks |
+Stage I | final for the first pairs). Every file is written atomically. Any bad pair (missing fused file,
+size mismatch, NaN) stops the run with an error naming it, so no mean silently leaves a pair out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sgdfuse.atomic import atomic_write_text
+from sgdfuse.color import recombine, rgb_to_y
+from sgdfuse.data.base import DataError, PairSource
+from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis, write_png_atomic
+from sgdfuse.masks.base import MaskSource, NoMasks
+from sgdfuse.metrics import FusionMetrics
+from sgdfuse.visualize import panel_rows
+
+METHODS = ("avg", "max", "folder", "checkpoint")
+Fuser = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+
+
+# --- fusion methods: batch -> {"final": B×3×H×W[, "stage1": ...]} in [0, 1] ---------------------------------
+def baseline_fuser(mode: str) -> Fuser:
+    """``avg`` / ``max`` of IR and the VIS luminance, chroma from VIS (the project's colour rule)."""
+    if mode not in ("avg", "max"):
+        raise ValueError(f"unknown baseline {mode!r}; use 'avg' or 'max'")
+
+    def fuse(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        y_vis = rgb_to_y(batch["vis"])
+        y = (batch["ir"] + y_vis) / 2 if mode == "avg" else torch.maximum(batch["ir"], y_vis)
+        return {"final": recombine(y, batch["vis"])}
+
+    return fuse
+
+
+def folder_fuser(fused_dir: str | os.PathLike) -> Fuser:
+    """Already fused images ``<fused_dir>/<pair name>.<ext>`` (any image extension), read as RGB [0, 1]."""
+    folder = Path(fused_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"fused_dir {folder} does not exist; pass the folder of fused images "
+                        "(fused_dir=...).")
+    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+    def fuse(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images = []
+        for name in batch["name"]:
+            path = files.get(Path(name).stem)
+            if path is None:
+                raise DataError(f"pair {name!r}: no fused image {Path(name).stem}.* in {folder}; fuse "
+                                "that pair or remove it from the dataset.")
+            images.append(torch.from_numpy(read_vis(path)).permute(2, 0, 1))
+        sizes = {tuple(img.shape[-2:]) for img in images}
+        if len(sizes) > 1:
+            raise DataError(f"fused images of one batch differ in size: {sizes}")
+        return {"final": torch.stack(images).to(batch["vis"].device)}
+
+    return fuse
+
+
+def checkpoint_fuser(path: str | os.PathLike, device: str | torch.device = "cpu") -> Fuser:
+    """A trained stage (``train.py`` checkpoint) via its own :meth:`FusionModule.fuse`, without gradients."""
+    from lightning_modules import load_fusion_model  # Lightning is only needed for this method
+
+    model = load_fusion_model(path, map_location=device)
+
+    @torch.no_grad()
+    def fuse(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: v.float().clamp(0, 1).cpu() for k, v in model.fuse(moved).items()}
+
+    return fuse
+
+
+def make_fuser(method: str, checkpoint: str | None = None, fused_dir: str | None = None,
+               device: str = "cpu") -> Fuser:
+    if method in ("avg", "max"):
+        return baseline_fuser(method)
+    if method == "folder":
+        if not fused_dir:
+            raise ValueError("method=folder needs fused_dir=<folder of fused images named like the pairs>")
+        return folder_fuser(fused_dir)
+    if method == "checkpoint":
+        if not checkpoint:
+            raise ValueError("method=checkpoint needs checkpoint=<path to a .ckpt written by train.py>")
+        return checkpoint_fuser(checkpoint, device)
+    raise ValueError(f"unknown evaluation method {method!r}; use one of {METHODS}")
+
+
+# --- batches ------------------------------------------------------------------------------------------------
+def iterate_batches(pairs: PairSource, masks: MaskSource, perturb: dict[str, Any] | None = None,
+                    count: int | None = None):
+    """Pairs as batches of one in the project's batch format (full image, masks attached), built by the
+    training loop's own dataset so that evaluate.py and the test step see identical inputs."""
+    from datamodules.ivif import PairDataset, collate_pairs
+
+    dataset = PairDataset(pairs, masks, perturb=perturb)
+    for index in range(len(dataset) if count is None else count):
+        yield collate_pairs([dataset[index]])
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], metric_names: Sequence[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["name", *metric_names], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({"name": row["name"], **{m: f"{row[m]:.10g}" for m in metric_names}})
+    atomic_write_text(path, buf.getvalue())
+
+
+def metrics_markdown(means: dict[str, float], title: str, n_images: int, convention: str) -> str:
+    names = list(means)
+    lines = [
+        f"# {title}",
+        "",
+        f"Mean over {n_images} images; 8-bit grey scoring, convention `{convention}` (METRICS_SPEC.md).",
+        "",
+        "| " + " | ".join(names) + " |",
+        "|" + "---:|" * len(names),
+        "| " + " | ".join(f"{means[n]:.4f}" for n in names) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_grid(path: Path, rows: Sequence[np.ndarray], height: int = 256, gap: int = 4) -> None:
+    """Stack panel rows (each scaled to ``height`` px) on a white canvas and write it as PNG."""
+    scaled = [cv2.resize(r, (max(1, round(r.shape[1] * height / r.shape[0])), height),
+                         interpolation=cv2.INTER_AREA) for r in rows]
+    width = max(r.shape[1] for r in scaled)
+    canvas = np.ones((len(scaled) * (height + gap) - gap, width, 3), dtype=np.float32)
+    for i, r in enumerate(scaled):
+        canvas[i * (height + gap): i * (height + gap) + height, : r.shape[1]] = r
+    write_png_atomic(path, canvas)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+def evaluate(
+    pairs: PairSource,
+    fuser: Fuser,
+    output_dir: str | os.PathLike,
+    masks: MaskSource | None = None,
+    perturb: dict[str, Any] | None = None,
+    metrics: Sequence[str] | None = None,
+    convention: str = "cddfuse",
+    write_fused: bool = True,
+    grid_pairs: int = 4,
+    max_pairs: int | None = None,
+    title: str = "Fusion metrics",
+) -> dict[str, float]:
+    """Fuse and score every pair of ``pairs``; write fused PNGs, CSV, Markdown and grid; return the means."""
+    out = Path(output_dir)
+    masks = masks if masks is not None else NoMasks()
+    masks.prepare(pairs, "test")
+    scorer = FusionMetrics(metrics, convention=convention)
+    grid: list[np.ndarray] = []
+    count = len(pairs) if max_pairs is None else min(len(pairs), int(max_pairs))
+    if count == 0:
+        raise DataError(f"the dataset {pairs!r} has no pairs to evaluate")
+    batches = iterate_batches(pairs, masks, perturb, count)
+    for batch in tqdm(batches, total=count, desc="evaluate", unit="pair"):
+        outputs = dict(fuser(batch))
+        if "stage1" in outputs and torch.equal(outputs["stage1"], outputs["final"]):
+            del outputs["stage1"]  # single-stage models: no separate Stage I image or grid column
+        name = batch["name"][0]
+        scorer.update(outputs["final"], batch["ir"], batch["vis"], names=[name])
+        if write_fused:
+            for key, folder in (("final", "fused"), ("stage1", "stage1")):
+                if key in outputs:
+                    write_png_atomic(out / folder / f"{Path(name).stem}.png",
+                                     outputs[key][0].permute(1, 2, 0).cpu().numpy())
+        if len(grid) < grid_pairs:
+            shown = {k: v for k, v in batch.items() if k in ("ir", "vis")}
+            if masks.enabled:
+                shown.update(mask_ir=batch["mask_ir"], mask_vis=batch["mask_vis"])
+            grid.extend(panel_rows(shown, outputs))
+    means = {k: float(v) for k, v in scorer.compute().items()}
+    write_csv(out / "metrics.csv", scorer.per_image(), scorer.metric_names)
+    atomic_write_text(out / "metrics.md", metrics_markdown(means, title, count, convention))
+    if grid:
+        write_grid(out / "grid.png", grid)
+    return means
+
+
+def evaluate_from_config(cfg: Any, output_dir: str | os.PathLike) -> dict[str, float]:
+    """``evaluate.py``: build the test split, masks and method from the composed config and run."""
+    from hydra.utils import instantiate
+
+    if cfg.data.get("test") is None:
+        raise DataError("the data config has no test split (data.test is null); pick a dataset with one, "
+                        "e.g. data=folder data.root=/path/with/ir_and_vi")
+    pairs = instantiate(cfg.data.test)
+    masks = instantiate(cfg.masks.source) if cfg.get("masks") else NoMasks()
+    perturb_cfg = cfg.masks.get("perturb") if cfg.get("masks") else None
+    perturb = None
+    if perturb_cfg and perturb_cfg.get("mode") and "test" in perturb_cfg.get("apply_to", ["test"]):
+        perturb = {"mode": perturb_cfg.mode, "kernel_size": int(perturb_cfg.kernel_size)}
+    fuser = make_fuser(cfg.method, cfg.get("checkpoint"), cfg.get("fused_dir"), cfg.get("device", "cpu"))
+    metric_names = list(cfg.metrics) if cfg.get("metrics") else None
+    title = f"{cfg.method} on {Path(str(cfg.data.root)).name}" if cfg.data.get("root") else str(cfg.method)
+    return evaluate(pairs, fuser, output_dir, masks=masks, perturb=perturb, metrics=metric_names,
+                    convention=cfg.convention, write_fused=cfg.method != "folder",
+                    grid_pairs=int(cfg.grid_pairs), max_pairs=cfg.get("max_pairs"), title=title)
