@@ -6,8 +6,6 @@ checkpoints load under torch's default ``weights_only=True``.
 
 from __future__ import annotations
 
-import json
-import os
 from abc import abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from sgdfuse.atomic import atomic_write_json
 from sgdfuse.data.io import write_png_atomic
 
 #: Key under which a checkpoint records the class that wrote it (read by ``load_fusion_model``).
@@ -77,16 +76,9 @@ class FusionModule(L.LightningModule):
         for name, value in values.items():
             self.log(f"test/{name}", value, sync_dist=False)  # already reduced across ranks
         if self.test_output_dir and self.trainer.is_global_zero:
-            _write_json_atomic(Path(self.test_output_dir) / "metrics.json", values)
+            atomic_write_json(Path(self.test_output_dir) / "metrics.json", values)
         self.test_metrics.reset()
 
     # --- checkpoint identity ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)

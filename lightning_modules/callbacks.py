@@ -68,10 +68,22 @@ class FusionImageLogger(L.Callback):
 
 class RNGStateCheckpoint(L.Callback):
     """Saves the Python, NumPy and torch (CPU + CUDA) RNG states in every checkpoint and restores them on
-    resume, so that a resumed run draws the same noise and augmentations as an uninterrupted one.
+    resume, so that a resumed run draws the same noise, timesteps and dropout as an uninterrupted one.
 
-    Stored as plain ints and tensors: checkpoints stay loadable with ``weights_only=True``.
+    The states are applied at the first training batch after the restore, not when the checkpoint is read:
+    in between, Lightning builds a fresh loader iterator (which draws a base seed from the global RNG) that
+    the uninterrupted run built at its epoch start instead. Stored as plain ints and tensors: checkpoints
+    stay loadable with ``weights_only=True``.
     """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending is not None:
+            _set_rng_states(self._pending)
+            self._pending = None
 
     def state_dict(self) -> dict[str, Any]:
         name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -86,11 +98,15 @@ class RNGStateCheckpoint(L.Callback):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-        n = state["numpy"]
-        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["gauss"]))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        self._pending = state
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

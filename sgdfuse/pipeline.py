@@ -8,7 +8,6 @@ run id, finished stages are skipped and the unfinished one resumes from its ``la
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import netrc
 import os
@@ -23,7 +22,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lightning_modules import CheckpointError, FusionModule, read_checkpoint
+from lightning_modules import CheckpointError, FusionModule, load_fusion_model, read_checkpoint
+from sgdfuse.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,7 @@ def check_run_config(cfg: DictConfig, run_dir: Path) -> None:
                 f"({path}).")
         return
     if _is_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        OmegaConf.save(OmegaConf.create(current), tmp)
-        os.replace(tmp, path)
+        atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(current)))
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -165,9 +162,7 @@ def _is_done(stage_dir: Path) -> bool:
 
 def _mark_done(trainer: L.Trainer, stage_dir: Path) -> None:
     if trainer.is_global_zero:
-        tmp = stage_dir / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps({"global_step": trainer.global_step, "finished": time.time()}))
-        os.replace(tmp, stage_dir / MARKER)
+        atomic_write_json(stage_dir / MARKER, {"global_step": trainer.global_step, "finished": time.time()})
     trainer.strategy.barrier()
 
 
@@ -276,8 +271,6 @@ def _run_or_skip(cfg: DictConfig, stage: str, make: Callable[[], FusionModule],
 
 def test(cfg: DictConfig, ckpt: Path, datamodule: L.LightningDataModule) -> dict[str, float]:
     """Score the last checkpoint on the test split (never used to pick a checkpoint)."""
-    from lightning_modules import load_fusion_model
-
     model = load_fusion_model(ckpt)
     out_dir = Path(cfg.paths.run_dir) / "test"
     model.test_output_dir = str(out_dir)

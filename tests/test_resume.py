@@ -17,13 +17,19 @@ from sgdfuse.pipeline import resume_checkpoint
 from tests.conftest import REPO
 
 STEPS = 14
+TINY_STAGE2 = [
+    "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
+    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
+    "model.stage2.hfah.hidden_channels=[8,8]", "model.stage2.unet.dropout=0.1",
+]
 BASE = [
     "preset=cpu", "debug=fast", "trainer.deterministic=true", "seed=7",
     "model.stage1.net.channels=8", "model.stage1.net.num_stages=1", "model.stage1.net.num_heads=2",
     "data.train.num_pairs=10", "data.train.height=48", "data.train.width=48", "data.batch_size=2",
     "data.crop_size=32", "data.val.num_pairs=1", "data.val.height=32", "data.val.width=32",
     "data.test.num_pairs=1", "data.test.height=32", "data.test.width=32", "data.num_workers=0",
-    f"steps.stage1={STEPS}", "callbacks.model_checkpoint.every_n_train_steps=3",
+    f"steps.stage1={STEPS}", f"steps.stage2_a={STEPS}", "steps.stage2_b=4",
+    "callbacks.model_checkpoint.every_n_train_steps=3", *TINY_STAGE2,
 ]
 
 
@@ -55,22 +61,41 @@ def _kill_after_first_checkpoint(cmd: list[str], stage_dir: Path) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("experiment", ["stage1_only"])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, experiment):
-    _run(_cmd(tmp_path, "straight", f"+experiment={experiment}"))
-    killed = _cmd(tmp_path, "killed", f"+experiment={experiment}")
-    stage_dir = tmp_path / experiment / "killed" / "stage1"
+def _assert_same_weights(a: Path, b: Path) -> None:
+    straight, again = _state(a), _state(b)
+    assert straight.keys() == again.keys()
+    for key in straight:
+        assert torch.equal(straight[key], again[key]), key
+
+
+def test_sigkill_in_stage1_then_resume_equals_uninterrupted(tmp_path):
+    extra = ("+experiment=stage1_only", "stages=[stage1]")
+    _run(_cmd(tmp_path, "straight", *extra))
+    killed = _cmd(tmp_path, "killed", *extra)
+    stage_dir = tmp_path / "stage1_only" / "killed" / "stage1"
     _kill_after_first_checkpoint(killed, stage_dir)
     assert not (stage_dir / "DONE").exists()
     resumed_from = torch.load(resume_checkpoint(stage_dir), weights_only=True)["global_step"]
     assert 0 < resumed_from < STEPS
     _run(killed)
+    _assert_same_weights(tmp_path / "stage1_only" / "straight" / "stage1" / "last.ckpt",
+                         stage_dir / "last.ckpt")
 
-    straight = _state(tmp_path / experiment / "straight" / "stage1" / "last.ckpt")
-    again = _state(stage_dir / "last.ckpt")
-    assert straight.keys() == again.keys()
-    for key in straight:
-        assert torch.equal(straight[key], again[key]), key
+
+def test_sigkill_in_stage2_resumes_it_exactly_and_keeps_stage1(tmp_path):
+    """Stage II draws noise and timesteps: equality needs the RNG states restored too."""
+    extra = ("+experiment=full", "stages=[stage1,stage2]")
+    _run(_cmd(tmp_path, "straight", *extra))
+    killed = _cmd(tmp_path, "killed", *extra)
+    run_dir = tmp_path / "full" / "killed"
+    _kill_after_first_checkpoint(killed, run_dir / "stage2_a")
+    assert (run_dir / "stage1" / "DONE").exists() and not (run_dir / "stage2_a" / "DONE").exists()
+    stage1_mtime = (run_dir / "stage1" / "last.ckpt").stat().st_mtime_ns
+    _run(killed)
+    assert (run_dir / "stage1" / "last.ckpt").stat().st_mtime_ns == stage1_mtime  # not trained again
+    for stage in ("stage1", "stage2_a", "stage2_b"):
+        _assert_same_weights(tmp_path / "full" / "straight" / stage / "last.ckpt",
+                             run_dir / stage / "last.ckpt")
 
 
 def test_corrupt_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path, caplog):

@@ -18,8 +18,8 @@ from sgdfuse.pipeline import ConfigError, run
 from tests.conftest import REPO, compose_train
 
 TINY = ["preset=cpu", "debug=fast", "model.stage1.net.channels=8", "model.stage1.net.num_stages=1",
-        "data.test.num_pairs=2", "data.test.height=40", "data.test.width=52",
-        "data.val.num_pairs=1", "data.val.height=40", "data.val.width=52", "data.num_workers=0"]
+        "data.test.num_pairs=2", "data.test.height=48", "data.test.width=56",
+        "data.val.num_pairs=1", "data.val.height=48", "data.val.width=56", "data.num_workers=0"]
 
 
 def _overrides(root: Path, *extra: str) -> list[str]:

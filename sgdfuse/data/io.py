@@ -12,12 +12,12 @@ which for R = G = B is the stored value); grey VIS is replicated to 3 channels; 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from sgdfuse.atomic import atomic_write_bytes
 from sgdfuse.data.base import DataError
 
 #: File extensions recognised as images (lower case); OpenCV decodes all of them.
@@ -89,13 +89,5 @@ def write_png_atomic(path: str | os.PathLike, image01: np.ndarray) -> Path:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"OpenCV could not encode {path} as PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encoded.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return atomic_write_bytes(path, encoded.tobytes())
     return path

@@ -22,12 +22,12 @@ import io
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from sgdfuse.atomic import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +44,8 @@ def hash_config(config: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via a unique temp file in the same directory and ``os.replace``.
-
-    The temp name is unique per call (``mkstemp``), so concurrent writers never share a temp file; the
-    target is either absent, the old complete file or the new complete file, never a partial one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True, default=str).encode()))
+    atomic_write_json(path, data)
 
 
 def _masks_digest(key: str, mask_ir: np.ndarray, mask_vis: np.ndarray) -> str:
