@@ -17,6 +17,13 @@ def main(cfg: DictConfig) -> None:
 
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     means = evaluate_from_config(cfg, output_dir)
+    if cfg.wandb.enabled:
+        from omegaconf import OmegaConf
+
+        from sgdfuse.wandb_utils import log_evaluation
+
+        log_evaluation(OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True), means,
+                       output_dir)
     print(f"results in {output_dir}")
     print("  ".join(f"{k}={v:.4f}" for k, v in means.items()))
 

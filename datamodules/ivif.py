@@ -14,6 +14,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -255,7 +256,7 @@ class IVIFDataModule(L.LightningDataModule):
         return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else _eval_sampler(dataset),
             drop_last=shuffle and len(dataset) >= batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -263,6 +264,17 @@ class IVIFDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker,
             persistent_workers=False,
         )
+
+
+def _eval_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, every validation/test image exactly once across ranks.
+
+    Lightning's default DistributedSampler pads the shards with repeated images, which would count some
+    images twice in the test metrics; it keeps a sampler that already is a DistributedSampler.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return None
 
 
 def _check_nonempty(split: str, pairs: PairSource) -> None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import netrc
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules import CheckpointError, FusionModule, load_fusion_model, read_checkpoint
 from sgdfuse.atomic import atomic_write_json, atomic_write_text
+from sgdfuse.slurm import record_requeue_command
+from sgdfuse.wandb_utils import wandb_offline
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,20 @@ def resolve_run_id(cfg: DictConfig) -> str:
     The result is exported to ``$SGDFUSE_RUN_ID`` so that DDP worker processes, which Lightning starts by
     re-running the script with the parent's environment, use the same folder.
     """
-    run_id = cfg.get("run_id") or os.environ.get(RUN_ID_ENV) or os.environ.get("WANDB_RUN_ID")
+    global _exported_run_id
+    inherited = os.environ.get(RUN_ID_ENV)
+    if inherited == _exported_run_id:  # set by an earlier run of this process (Hydra -m), not a parent
+        inherited = None
+    run_id = cfg.get("run_id") or inherited or os.environ.get("WANDB_RUN_ID")
     if not run_id:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    os.environ[RUN_ID_ENV] = str(run_id)
+    _exported_run_id = os.environ[RUN_ID_ENV] = str(run_id)
     with open_dict(cfg):
         cfg.run_id = str(run_id)
     return str(run_id)
+
+
+_exported_run_id: str | None = None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -141,21 +150,6 @@ def build_logger(logger_cfg: DictConfig, stage: str) -> Logger:
     return instantiate(logger_cfg, version=stage)
 
 
-@functools.cache
-def wandb_offline() -> bool:
-    """True (and said once) when no W&B API key is configured and WANDB_MODE does not decide."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return os.environ.get("WANDB_MODE") in ("offline", "dryrun")
-    try:
-        has_key = netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        has_key = False
-    if not has_key:
-        log.warning("W&B: no API key configured (WANDB_API_KEY or `wandb login`): logging OFFLINE to "
-                    "<run_dir>/wandb; upload later with `wandb sync <run_dir>/wandb/offline-run-*`.")
-    return not has_key
-
-
 def _is_done(stage_dir: Path) -> bool:
     return (stage_dir / MARKER).is_file()
 
@@ -188,7 +182,10 @@ def resume_checkpoint(stage_dir: Path) -> str | None:
     unreadable file is skipped and said in the log. Never a silent fresh start: checkpoints exist but none
     is readable -> CheckpointError.
     """
-    candidates = [p for p in (stage_dir / "last.ckpt", *sorted(stage_dir.glob("step*.ckpt"))) if p.is_file()]
+    # hpc_ckpt_*: Lightning's SIGUSR1 checkpoint before a SLURM requeue (usually the newest)
+    names = (stage_dir / "last.ckpt", *sorted(stage_dir.glob("hpc_ckpt_*.ckpt")),
+             *sorted(stage_dir.glob("step*.ckpt")))
+    candidates = [p for p in names if p.is_file()]
     if not candidates:
         return None
     best, best_step, unreadable = None, -1, []
@@ -236,12 +233,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` in order; returns the test metrics (empty without a test stage)."""
     validate(cfg)
     resolve_run_id(cfg)
+    record_requeue_command(sys.argv)  # SLURM: a requeued job re-runs this command (same run id)
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     log.info("run %s/%s in %s", cfg.experiment_name, cfg.run_id, run_dir)
     check_run_config(cfg, run_dir)
     datamodule = build_datamodule(cfg)
+    exit_code = 1
+    try:
+        results = _run_stages(cfg, datamodule)
+        exit_code = 0
+        return results
+    finally:
+        _finish_wandb(exit_code)
 
+
+def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
     last_ckpt: Path | None = None
     stage1_ckpt: Path | None = None
     for stage in cfg.stages:
@@ -258,6 +265,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]).")
             return test(cfg, last_ckpt, datamodule)
     return {}
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """One W&B run spans all stages, so it is closed here, not by a stage's logger."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
 
 
 def _run_or_skip(cfg: DictConfig, stage: str, make: Callable[[], FusionModule],

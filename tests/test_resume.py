@@ -23,7 +23,7 @@ TINY_STAGE2 = [
     "model.stage2.hfah.hidden_channels=[8,8]", "model.stage2.unet.dropout=0.1",
 ]
 BASE = [
-    "preset=cpu", "debug=fast", "trainer.deterministic=true", "seed=7",
+    "preset=cpu", "debug=fast", "logger=csv", "trainer.deterministic=true", "seed=7",
     "model.stage1.net.channels=8", "model.stage1.net.num_stages=1", "model.stage1.net.num_heads=2",
     "data.train.num_pairs=10", "data.train.height=48", "data.train.width=48", "data.batch_size=2",
     "data.crop_size=32", "data.val.num_pairs=1", "data.val.height=32", "data.val.width=32",

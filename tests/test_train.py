@@ -17,13 +17,14 @@ from lightning_modules import load_fusion_model
 from sgdfuse.pipeline import ConfigError, run
 from tests.conftest import REPO, compose_train
 
-TINY = ["preset=cpu", "debug=fast", "model.stage1.net.channels=8", "model.stage1.net.num_stages=1",
-        "data.test.num_pairs=2", "data.test.height=48", "data.test.width=56",
-        "data.val.num_pairs=1", "data.val.height=48", "data.val.width=56", "data.num_workers=0"]
+GENERIC = ["preset=cpu", "debug=fast", "logger=csv", "model.stage1.net.channels=8",
+           "model.stage1.net.num_stages=1", "data.num_workers=0"]
+TINY = [*GENERIC, "data.test.num_pairs=2", "data.test.height=48", "data.test.width=56",
+        "data.val.num_pairs=1", "data.val.height=48", "data.val.width=56"]
 
 
-def _overrides(root: Path, *extra: str) -> list[str]:
-    return [*TINY, f"paths.checkpoint_dir={root}/checkpoints", f"paths.cache_dir={root}/cache", *extra]
+def _overrides(root: Path, *extra: str, base: list[str] = TINY) -> list[str]:
+    return [*base, f"paths.checkpoint_dir={root}/checkpoints", f"paths.cache_dir={root}/cache", *extra]
 
 
 def _train(root: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -88,7 +89,7 @@ def test_same_run_id_with_another_config_is_refused(stage1_run):
 
 def test_missing_data_folder_fails_before_training(tmp_path):
     cfg = compose_train(_overrides(tmp_path, "+experiment=stage1_only", "data=folder",
-                                   f"data.root={tmp_path}/nowhere", "masks=none", "run_id=bad"))
+                                   f"data.root={tmp_path}/nowhere", "masks=none", "run_id=bad", base=GENERIC))
     with pytest.raises(Exception, match="nowhere"):
         run(cfg)
     assert not (tmp_path / "checkpoints" / "stage1_only" / "bad" / "stage1").exists()
@@ -102,8 +103,8 @@ def test_ir_file_without_vis_twin_names_it(tmp_path):
         cv2.imwrite(str(tmp_path / "ds" / "ir" / name), img)
     cv2.imwrite(str(tmp_path / "ds" / "vi" / "a.png"), img)
     cfg = compose_train(_overrides(tmp_path, "+experiment=stage1_only", "data=folder",
-                                   f"data.root={tmp_path}/ds", "masks=none", "run_id=bad"))
-    with pytest.raises(Exception, match="b"):
+                                   f"data.root={tmp_path}/ds", "masks=none", "run_id=bad", base=GENERIC))
+    with pytest.raises(Exception, match=r"without a twin in vi/: b\.png"):
         run(cfg)
     assert not (tmp_path / "checkpoints" / "stage1_only" / "bad" / "stage1").exists()
 
