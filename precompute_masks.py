@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> None:
             continue
         pairs = instantiate(cfg.data[split])
         split_start = time.perf_counter()
+        pairs.validate()  # sizes and headers first: SAM never runs on a broken dataset
         source.prepare(pairs, split)
         stats = getattr(source, "stats", None)  # SamMasks reports what it did; other sources do no work
         if stats is None:

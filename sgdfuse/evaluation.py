@@ -166,6 +166,7 @@ def evaluate(
     """Fuse and score every pair of ``pairs``; write fused PNGs, CSV, Markdown and grid; return the means."""
     out = Path(output_dir)
     masks = masks if masks is not None else NoMasks()
+    pairs.validate()  # sizes and headers of every pair before any work
     masks.prepare(pairs, "test")
     scorer = FusionMetrics(metrics, convention=convention)
     grid: list[np.ndarray] = []

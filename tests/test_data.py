@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import lightning as L
 import numpy as np
+import PIL.ImageFile
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -22,7 +23,8 @@ from sgdfuse.data.folder import FolderPairs
 from sgdfuse.data.io import read_ir, read_vis, to_uint8, write_png_atomic
 from sgdfuse.data.synthetic import SyntheticPairs
 from sgdfuse.data.transforms import apply_joint, train_transform
-from sgdfuse.masks.base import LabelMasks, NoMasks
+from sgdfuse.masks.base import LabelMasks, MaskSource, NoMasks
+from sgdfuse.masks.cache import MaskCache
 from sgdfuse.masks.perturb import perturb_mask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -671,3 +673,95 @@ def test_folder_with_real_copy_and_sha1(tmp_path, real_data):
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     assert pairs.key(0) == digest.hexdigest() == FolderPairs.tno(real_data / "TNO").key(4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pre-flight validation (issue 3): bad pairs fail in prepare_data, before masks are computed or cached
+class _CountingMasks(MaskSource):
+    """Records ``prepare`` calls and caches one mask pair per image, as SAM would."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache = MaskCache(cache_dir)
+        self.calls: list[tuple[str, int]] = []
+
+    def prepare(self, pairs, split):
+        self.calls.append((split, len(pairs)))
+        for index in range(len(pairs)):
+            mask = np.zeros(pairs[index].ir.shape, np.uint8)
+            self.cache.put("fake", pairs.key(index), mask, mask)
+
+    def load(self, pairs, index):
+        return self.cache.get("fake", pairs.key(index), pairs[index].ir.shape)
+
+
+def test_size_mismatch_fails_in_prepare_data_before_any_mask_is_cached(tmp_path):
+    good = _make_folder(tmp_path / "good", names=("p", "q"), size=(16, 20))  # other content: own entries
+    bad = _make_folder(tmp_path / "bad", names=("a", "b", "c"), size=(24, 32))
+    cv2.imwrite(str(bad / "vi" / "b.png"), np.zeros((20, 30, 3), np.uint8))
+    masks = _CountingMasks(tmp_path / "cache")
+    # the bad split comes last: the good train split must not be prepared either
+    dm = IVIFDataModule(train=FolderPairs(good), val=None, test=FolderPairs(bad, split="test"),
+                        mask_source=masks)
+    with pytest.raises(DataError) as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert "'b'" in message and "32×24" in message and "30×20" in message and "(test split)" in message
+    assert "1 pair(s)" in message and "register/crop" in message and "remove" in message
+    assert "'a'" not in message and "'c'" not in message
+    assert masks.calls == [] and not (tmp_path / "cache").exists()
+
+    cv2.imwrite(str(bad / "vi" / "b.png"), np.zeros((24, 32, 3), np.uint8))  # the fix
+    dm.prepare_data()
+    assert masks.calls == [("train", 2), ("test", 3)]
+    assert len(list((tmp_path / "cache" / "fake").glob("*.npz"))) == 5  # the fake really writes
+
+
+def test_validate_lists_at_most_five_mismatches_and_accepts_good_folders(tmp_path):
+    names = [f"{i:02d}" for i in range(7)]
+    root = _make_folder(tmp_path / "ds", names=names, size=(16, 16), vis_ext=".jpg")
+    FolderPairs(root).validate()  # PNG IR + JPEG VIS of one size
+    for name in names:
+        cv2.imwrite(str(root / "ir" / f"{name}.png"), np.zeros((16, 18), np.uint8))
+    expected = r"7 pair\(s\).*'00': IR 00\.png is 18×16, VIS 00\.jpg is 16×16"
+    with pytest.raises(DataError, match=expected) as err:
+        FolderPairs(root).validate()
+    assert "'04'" in str(err.value) and "'05'" not in str(err.value) and "(2 more)" in str(err.value)
+    with pytest.raises(DataError, match=r"2 pair\(s\)"):
+        FolderPairs(root, names=["00", "01"]).validate()
+
+
+def test_unreadable_header_fails_in_prepare_data_naming_the_file(tmp_path):
+    root = _make_folder(tmp_path / "ds", names=("a", "b", "c"))
+    (root / "vi" / "b.png").write_bytes(b"garbage")
+    (root / "ir" / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    masks = _CountingMasks(tmp_path / "cache")
+    dm = IVIFDataModule(train=None, val=None, test=FolderPairs(root), mask_source=masks)
+    with pytest.raises(DataError, match=r"2 file\(s\) are not readable images") as err:
+        dm.prepare_data()
+    message = str(err.value)
+    assert str(root / "vi" / "b.png") in message and str(root / "ir" / "c.png") in message
+    assert "replace or remove" in message and "a.png" not in message
+    assert masks.calls == [] and not (tmp_path / "cache").exists()
+
+
+def test_validate_falls_back_to_opencv_for_files_pillow_cannot_identify(tmp_path):
+    """OpenCV decodes 3-channel float TIFF, Pillow does not: what training reads must not be rejected."""
+    root = _make_folder(tmp_path / "ds", names=("a",), size=(12, 20))
+    (root / "vi" / "a.png").unlink()
+    assert cv2.imwrite(str(root / "vi" / "a.tif"), np.full((12, 20, 3), 0.5, np.float32))
+    pairs = FolderPairs(root)
+    pairs.validate()
+    assert pairs[0].vis.shape == (12, 20, 3)
+    assert cv2.imwrite(str(root / "vi" / "a.tif"), np.full((12, 21, 3), 0.5, np.float32))
+    with pytest.raises(DataError, match="'a': IR a.png is 20×12, VIS a.tif is 21×12"):
+        FolderPairs(root).validate()
+
+
+def test_validate_real_tno_and_roadscene_reads_headers_only(real_data, monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("validate() decoded pixels")
+
+    monkeypatch.setattr(cv2, "imread", no_decoding)
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+    for source in (FolderPairs.tno(real_data / "TNO"), FolderPairs.roadscene(real_data / "RoadScene")):
+        source.validate()

@@ -52,3 +52,10 @@ class PairSource(ABC):
     def has_labels(self) -> bool:
         """True when pairs carry ground-truth masks (``Pair.masks``)."""
         return False
+
+    def validate(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Cheap checks of the whole source before any training; raise DataError naming the pair.
+
+        Called by the DataModule's ``prepare_data`` before masks are computed, so that a bad pair fails
+        before SAM runs or anything is cached. Sources that cannot be inconsistent keep this no-op.
+        """

@@ -20,6 +20,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
+from PIL import Image
+
 from sgdfuse.data.base import DataError, Pair, PairSource
 from sgdfuse.data.io import IMAGE_EXTENSIONS, read_ir, read_vis
 
@@ -130,6 +133,38 @@ class FolderPairs(PairSource):
         """(IR file, VIS file) of pair ``index``."""
         return self._ir[index], self._vis[index]
 
+    def validate(self) -> None:
+        """Check that every file is an image and every pair's IR and VIS have one size, from headers only.
+
+        Pillow's ``Image.open`` reads the header, not the pixels, so this costs well under a millisecond
+        per pair; without it a mismatch would only surface when the pair is decoded, mid-training. Files
+        Pillow cannot identify are decoded by OpenCV (what training uses) before being rejected.
+        """
+        unreadable: list[str] = []
+        mismatched: list[str] = []
+        for index, name in enumerate(self._names):
+            ir_path, vis_path = self.files(index)
+            ir_size, vis_size = _image_size(ir_path, unreadable), _image_size(vis_path, unreadable)
+            if ir_size is not None and vis_size is not None and ir_size != vis_size:
+                mismatched.append(
+                    f"{name!r}: IR {ir_path.name} is {_wxh(ir_size)}, VIS {vis_path.name} is {_wxh(vis_size)}"
+                )
+        problems = []
+        if unreadable:
+            problems.append(
+                f"{len(unreadable)} file(s) are not readable images: {_listing(unreadable)}; "
+                "replace or remove these files"
+            )
+        if mismatched:
+            problems.append(
+                f"{len(mismatched)} pair(s) whose IR and VIS sizes differ (W×H): {_listing(mismatched)}; "
+                "registered pairs must have the same size: register/crop each pair to a common size or "
+                "remove it"
+            )
+        if problems:
+            where = f" ({self.split} split)" if self.split else ""
+            raise DataError(f"bad pairs under {self.root}{where}: " + ". ".join(problems) + ".")
+
     def key(self, index: int) -> str:
         """SHA-1 of both files' bytes (computed on first use, then cached)."""
         index = self._check_index(index)
@@ -167,6 +202,30 @@ class FolderPairs(PairSource):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, {self.ir_dir!r}, {self.vis_dir!r}, n={len(self)})"
+
+
+def _image_size(path: Path, unreadable: list[str]) -> tuple[int, int] | None:
+    """(width, height) of ``path`` from its header; None (file noted in ``unreadable``) if not an image."""
+    try:
+        with Image.open(path) as image:  # lazy: parses the header only
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        reason = str(err) or type(err).__name__
+    # Pillow identifies fewer formats than OpenCV (e.g. 3-channel float TIFF): the decoder training uses
+    # has the last word, at full-decode cost for these files only.
+    decoded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if decoded is not None:
+        return decoded.shape[1], decoded.shape[0]
+    unreadable.append(f"{path} ({reason})")
+    return None
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}×{size[1]}"
+
+
+def _listing(items: list[str]) -> str:
+    return "; ".join(items[:_SHOW]) + (f"; ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
 
 
 def _require_folder(root: Path, sub: str, modality: str, other: str) -> None:
