@@ -14,8 +14,14 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    default_collate,
+    get_worker_info,
+)
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from sgdfuse.data.base import DataError, PairSource
@@ -196,8 +202,15 @@ class IVIFDataModule(L.LightningDataModule):
 
     # -- Lightning hooks ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Check the splits and let the mask source do its expensive work (SAM) once per node."""
-        for split, pairs in self._present().items():
+        """Check the splits, then let the mask source do its expensive work (SAM) once per node.
+
+        Every split is validated (cheap: image headers) before the mask source of any split starts, so a
+        broken dataset fails before SAM runs and before anything is written to the mask cache.
+        """
+        present = self._present()
+        for pairs in present.values():
+            pairs.validate()
+        for split, pairs in present.items():
             self.mask_source.prepare(pairs, split)
 
     def setup(self, stage: str | None = None) -> None:
@@ -209,7 +222,7 @@ class IVIFDataModule(L.LightningDataModule):
                 self._dataset(split)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         # No val split: an empty list tells Lightning to skip validation.
@@ -249,15 +262,15 @@ class IVIFDataModule(L.LightningDataModule):
             self.datasets[split].reseed(self.seed)  # direct indexing; the train loader seeds per sample
         return self.datasets[split]
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
         dataset = self._dataset(split)
         # torchdata's StatefulDataLoader: Lightning checkpoints its position and restores it, so resuming
         # mid-epoch continues with the next batch of the same epoch, not a new epoch.
         return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else _eval_sampler(dataset),
-            drop_last=shuffle and len(dataset) >= batch_size,
+            sampler=_sampler(split, dataset, self.seed),
+            drop_last=split == "train" and len(dataset) >= batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_pairs,
@@ -266,15 +279,32 @@ class IVIFDataModule(L.LightningDataModule):
         )
 
 
-def _eval_sampler(dataset: Dataset) -> Sampler | None:
-    """Under DDP, every validation/test image exactly once across ranks.
+def _sampler(split: str, dataset: Dataset, seed: int) -> Sampler | None:
+    if split == "train":
+        return EpochSeededSampler(len(dataset), seed)
+    if split == "test" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return ShardSampler(dataset)
+    return None  # validation under DDP: Lightning's padded DistributedSampler (losses only)
 
-    Lightning's default DistributedSampler pads the shards with repeated images, which would count some
-    images twice in the test metrics; it keeps a sampler that already is a DistributedSampler.
+
+class ShardSampler(DistributedSampler):
+    """Test images under DDP: rank r takes images r, r + W, r + 2W, ... — every image exactly once.
+
+    Lightning's default DistributedSampler pads the shards with repeated images (which would count them
+    twice in the test metrics) and its UnrepeatedDistributedSampler refuses a rank without images; being a
+    DistributedSampler, this one is kept by Lightning as it is.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return UnrepeatedDistributedSampler(dataset, shuffle=False)
-    return None
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, shuffle=False, drop_last=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(self.rank, self.total_size, self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def _check_nonempty(split: str, pairs: PairSource) -> None:

@@ -113,3 +113,32 @@ def test_invalid_stage_names_are_rejected_before_work(tmp_path):
     cfg = compose_train(_overrides(tmp_path, "stages=[stage1,stage3]"))
     with pytest.raises(ConfigError, match="stage3"):
         run(cfg)
+
+
+TINY_STAGE2 = [
+    "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
+    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
+    "model.stage2.hfah.hidden_channels=[8,8]",
+]
+STAGE_DIRS = {
+    "full": ["stage1", "stage2_a", "stage2_b"],
+    "ablate_sam": ["stage1", "stage2_a", "stage2_b"],
+    "ablate_diffusion": ["stage1", "stage2_direct"],
+    "ablate_hfah": ["stage1", "stage2_a", "stage2_b"],
+    "single_stage": ["stage2_a", "stage2_b"],
+    "mask_dilate": ["stage1", "stage2_a", "stage2_b"],
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(STAGE_DIRS))
+def test_every_two_stage_experiment_trains_and_tests_end_to_end(tmp_path, experiment):
+    proc = _train(tmp_path, f"+experiment={experiment}", "run_id=e2e", *TINY_STAGE2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "checkpoints" / experiment / "e2e"
+    trained = sorted(p.name for p in run_dir.iterdir() if (p / "DONE").is_file())
+    assert trained == STAGE_DIRS[experiment]
+    metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
+    assert {"EN", "Qabf", "SSIM", "VIF"} <= set(metrics) and all(np.isfinite(v) for v in metrics.values())
+    assert len(list((run_dir / "test" / "fused").glob("*.png"))) == 2
+    final = torch.load(run_dir / STAGE_DIRS[experiment][-1] / "last.ckpt", weights_only=True)
+    assert final["sgdfuse_class"] == "lightning_modules.stage2.Stage2DiffusionModule"
