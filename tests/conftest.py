@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,24 @@ def make_batch(b: int = 2, h: int = 32, w: int = 40, seed: int = 0) -> dict:
     masks = (torch.rand(b, 2, h, w, generator=g) > 0.7).float()
     return {"ir": ir, "vis": vis, "mask_ir": masks[:, :1], "mask_vis": masks[:, 1:],
             "name": [f"p{i}.png" for i in range(b)]}
+
+
+#: A Stage-II model small enough for a few CPU steps in tests (attention still at the lowest level).
+TINY_STAGE2 = [
+    "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
+    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
+    "model.stage2.hfah.hidden_channels=[8,8]",
+]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without run ids that would make a child resume another run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SGDFUSE_RUN_ID", "WANDB_RUN_ID")}
+    return {**env, **extra}
+
+
+def run_script(script: str, *args: str, env: dict[str, str] | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python <repo>/<script> args...`` from the repository root, output captured."""
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, env=env if env is not None else clean_env())

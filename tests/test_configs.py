@@ -1,12 +1,10 @@
 """Every config composes; experiments change what their names say; bad keys fail clearly."""
 
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import CONFIG_DIR, REPO, compose_train
+from tests.conftest import CONFIG_DIR, compose_train, run_script
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -54,13 +52,8 @@ def test_trainer_group_options():
     assert compose_train(["trainer=ddp_cpu"]).trainer.devices == 2
 
 
-def _run_train(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-
-
 def test_unknown_experiment_names_the_key_and_the_options(tmp_path):
-    proc = _run_train("+experiment=no_such_thing", f"hydra.run.dir={tmp_path}")
+    proc = run_script("train.py", "+experiment=no_such_thing", f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode != 0
     assert "experiment/no_such_thing" in proc.stderr
     assert "ablate_cfc" in proc.stderr  # Hydra lists the available experiments
@@ -98,3 +91,16 @@ def test_each_ablation_changes_exactly_what_its_name_says(name):
     changed = {k for k in full.keys() | other.keys() if full.get(k) != other.get(k)}
     changed -= {"experiment_name"}
     assert changed == ABLATION_CHANGES[name]
+
+
+def test_the_sam_command_of_the_data_issue_composes(tmp_path):
+    """README / issue: data=msrs data.root=... masks=sam masks.checkpoint=... (SAM built lazily, not here)."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["data=msrs", f"data.root={tmp_path}/MSRS", "masks=sam",
+                         f"masks.checkpoint={tmp_path}/sam_vit_b_01ec64.pth"])
+    assert cfg.masks.source.checkpoint == f"{tmp_path}/sam_vit_b_01ec64.pth"
+    source = instantiate(cfg.masks.source)
+    assert source.checkpoint == f"{tmp_path}/sam_vit_b_01ec64.pth" and source.enabled
+    with pytest.raises(Exception, match="MSRS"):  # the folder does not exist: named, before training
+        instantiate(cfg.data.train)

@@ -4,10 +4,7 @@ to a single-process evaluation of the same checkpoint (no test image counted twi
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,8 +12,7 @@ import torch
 from lightning_modules import load_fusion_model
 from sgdfuse.metrics import FusionMetrics
 from sgdfuse.pipeline import build_datamodule
-from tests.conftest import REPO, compose_train
-from tests.test_resume import TINY_STAGE2
+from tests.conftest import TINY_STAGE2, compose_train, run_script
 
 TEST_PAIRS = 3  # odd: the two ranks get 2 and 1 images; a padding sampler would score one twice
 OVERRIDES = [
@@ -35,10 +31,8 @@ OVERRIDES = [
 @pytest.mark.timeout(900)
 def test_ddp_pipeline_matches_single_process_evaluation(tmp_path):
     paths = [f"paths.checkpoint_dir={tmp_path}/ck", f"paths.cache_dir={tmp_path}/cache"]
-    env = {k: v for k, v in os.environ.items() if k not in ("SGDFUSE_RUN_ID", "WANDB_RUN_ID")}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *OVERRIDES, *paths, "trainer=ddp_cpu",
-         f"hydra.run.dir={tmp_path}/hydra"], capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    proc = run_script("train.py", *OVERRIDES, *paths, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path}/hydra",
+                      timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     logs = sorted((tmp_path / "hydra").glob("*.log"))  # Hydra's job log per process: train.log, ..._1.log
     assert len(logs) == 2, logs

@@ -3,7 +3,6 @@ uninterrupted run, and finished stages are not trained again."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,14 +13,9 @@ import pytest
 import torch
 
 from sgdfuse.pipeline import resume_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_STAGE2, clean_env
 
 STEPS = 14
-TINY_STAGE2 = [
-    "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
-    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
-    "model.stage2.hfah.hidden_channels=[8,8]", "model.stage2.unet.dropout=0.1",
-]
 BASE = [
     "preset=cpu", "debug=fast", "logger=csv", "trainer.deterministic=true", "seed=7",
     "model.stage1.net.channels=8", "model.stage1.net.num_stages=1", "model.stage1.net.num_heads=2",
@@ -30,6 +24,7 @@ BASE = [
     "data.test.num_pairs=1", "data.test.height=32", "data.test.width=32", "data.num_workers=0",
     f"steps.stage1={STEPS}", f"steps.stage2_a={STEPS}", "steps.stage2_b=4",
     "callbacks.model_checkpoint.every_n_train_steps=3", *TINY_STAGE2,
+    "model.stage2.unet.dropout=0.1",  # dropout draws from the global RNG: resume must restore it
 ]
 
 
@@ -38,21 +33,18 @@ def _cmd(root: Path, run_id: str, *extra: str) -> list[str]:
             f"paths.checkpoint_dir={root}", f"paths.cache_dir={root}/cache", f"hydra.run.dir={root}/hydra"]
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("SGDFUSE_RUN_ID", "WANDB_RUN_ID")}
-
-
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _kill_after_first_checkpoint(cmd: list[str], stage_dir: Path) -> None:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(stage_dir.glob("step*.ckpt")):
         time.sleep(0.02)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +13,7 @@ import torch
 
 from lightning_modules import load_fusion_model
 from sgdfuse.pipeline import ConfigError, run
-from tests.conftest import REPO, compose_train
+from tests.conftest import TINY_STAGE2, compose_train, run_script
 
 GENERIC = ["preset=cpu", "debug=fast", "logger=csv", "model.stage1.net.channels=8",
            "model.stage1.net.num_stages=1", "data.num_workers=0"]
@@ -28,11 +26,7 @@ def _overrides(root: Path, *extra: str, base: list[str] = TINY) -> list[str]:
 
 
 def _train(root: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SGDFUSE_RUN_ID": ""}
-    env.pop("SGDFUSE_RUN_ID")
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *_overrides(root, *extra), f"hydra.run.dir={root}/hydra"],
-        capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    return run_script("train.py", *_overrides(root, *extra), f"hydra.run.dir={root}/hydra")
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +108,6 @@ def test_invalid_stage_names_are_rejected_before_work(tmp_path):
     with pytest.raises(ConfigError, match="stage3"):
         run(cfg)
 
-
-TINY_STAGE2 = [
-    "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
-    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
-    "model.stage2.hfah.hidden_channels=[8,8]",
-]
 STAGE_DIRS = {
     "full": ["stage1", "stage2_a", "stage2_b"],
     "ablate_sam": ["stage1", "stage2_a", "stage2_b"],

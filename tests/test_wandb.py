@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import clean_env, run_script
 
 
 def _offline_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("WANDB_") and k not in ("SGDFUSE_RUN_ID", "NETRC")}
-    env["HOME"] = str(home)  # no ~/.netrc with a W&B key
-    return env
+    env = {k: v for k, v in clean_env().items() if not k.startswith("WANDB_") and k != "NETRC"}
+    return {**env, "HOME": str(home)}  # no ~/.netrc with a W&B key
 
 
 def _offline_run(wandb_dir: Path) -> tuple[bytes, Path]:
@@ -31,13 +26,13 @@ def _offline_run(wandb_dir: Path) -> tuple[bytes, Path]:
 
 @pytest.mark.timeout(300)
 def test_train_logs_offline_to_one_run_across_stages(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "+experiment=stage1_only", "preset=cpu", "debug=fast",
-         "logger=wandb", "run_id=w1", "model.stage1.net.channels=8", "model.stage1.net.num_stages=1",
-         "data.test.num_pairs=1", "data.test.height=48", "data.test.width=48", "data.val.num_pairs=1",
-         "data.val.height=48", "data.val.width=48", "callbacks.fusion_images.every_n_steps=1",
-         f"paths.checkpoint_dir={tmp_path}/ck", f"hydra.run.dir={tmp_path}/hydra"],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env=_offline_env(tmp_path))
+    proc = run_script(
+        "train.py", "+experiment=stage1_only", "preset=cpu", "debug=fast",
+        "logger=wandb", "run_id=w1", "model.stage1.net.channels=8", "model.stage1.net.num_stages=1",
+        "data.test.num_pairs=1", "data.test.height=48", "data.test.width=48", "data.val.num_pairs=1",
+        "data.val.height=48", "data.val.width=48", "callbacks.fusion_images.every_n_steps=1",
+        f"paths.checkpoint_dir={tmp_path}/ck", f"hydra.run.dir={tmp_path}/hydra",
+        env=_offline_env(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (proc.stdout + proc.stderr).count("logging OFFLINE") == 1
     records, media = _offline_run(tmp_path / "ck" / "stage1_only" / "w1" / "wandb")
@@ -56,10 +51,9 @@ def test_evaluate_logs_test_metrics_and_grid(tmp_path):
         cv2.imwrite(str(tmp_path / "ds" / "ir" / f"{i}.png"), rng.integers(0, 255, (48, 56), np.uint8))
         cv2.imwrite(str(tmp_path / "ds" / "vi" / f"{i}.png"), rng.integers(0, 255, (48, 56, 3), np.uint8))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "evaluate.py"), f"data.root={tmp_path}/ds", "method=avg",
-         "wandb.enabled=true", f"output_dir={out}", f"hydra.run.dir={tmp_path}/hydra"],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env=_offline_env(tmp_path))
+    proc = run_script("evaluate.py", f"data.root={tmp_path}/ds", "method=avg", "wandb.enabled=true",
+                      f"output_dir={out}", f"hydra.run.dir={tmp_path}/hydra", env=_offline_env(tmp_path),
+                      timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records, media = _offline_run(out / "wandb")
     for key in (b"test/EN", b"test/Qabf", b"test/SSIM"):
