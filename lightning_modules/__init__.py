@@ -20,7 +20,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. Train the stage first or fix the path.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: checking a paper-sized checkpoint (weights + Adam state) does not read it all into memory
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, pickle of a non-allowed type, ...
         raise CheckpointError(f"checkpoint {path} cannot be read ({err}); it is corrupt or not an "
                               "sgdfuse checkpoint. Delete it to retrain, or pass another file.") from err
