@@ -22,9 +22,7 @@ OVERRIDES = [
     "data.val.num_pairs=1", "data.val.height=48", "data.val.width=48",
     f"data.test.num_pairs={TEST_PAIRS}", "data.test.height=48", "data.test.width=56",
     "trainer.limit_test_batches=1.0",
-    "masks=sam", "masks.source.model={_target_: sgdfuse.masks.tiny_sam.build_tiny_sam}",
-    "masks.source.generator.pred_iou_thresh=0", "masks.source.generator.stability_score_thresh=0",
-    "masks.source.generator.points_per_side=4", "masks.source.generator.crop_n_layers=0",
+    "masks=sam_tiny", "masks.source.generator.points_per_side=4",
 ]
 
 
