@@ -234,8 +234,8 @@ def test_ms_ssim_needs_images_larger_than_160() -> None:
     x = _grey(64, 200)
     with pytest.raises(ValueError, match="160"):
         MF.ms_ssim(x, x, x)
-    with pytest.raises(ValueError, match="cddfuse"):
-        MF.ms_ssim(x, x, x, convention="matlab")
+    # The toolbox's MS_SSIM (multi-scale MEF-SSIM, tests/test_metrics_fmi_mef.py) only needs 44 px.
+    assert 0 < float(MF.ms_ssim(x, x, x, convention="matlab")[0]) <= 1 + 1e-12
 
 
 def test_fmi_pixel_matches_a_loop_transcription_of_the_toolbox() -> None:

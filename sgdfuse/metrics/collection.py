@@ -36,12 +36,20 @@ METRIC_FUNCTIONS: dict[str, _Fn] = {
     "PSNR": MF.psnr,
     "MS_SSIM": MF.ms_ssim,
     "Nabf": lambda f, a, b, c: MF.nabf(f, a, b),
-    "FMI_pixel": lambda f, a, b, c: MF.fmi_pixel(f, a, b),
+    # Toolbox-only metrics (the same under both conventions). "FMI" is the toolbox default feature (edge),
+    # which the toolbox drivers print as "FMI_pixel"; our FMI_pixel is the raw-pixel feature ('none').
+    "FMI": lambda f, a, b, c: MF.fmi(f, a, b, "edge"),
+    "FMI_pixel": lambda f, a, b, c: MF.fmi(f, a, b, "none"),
+    "FMI_edge": lambda f, a, b, c: MF.fmi(f, a, b, "edge"),
+    "FMI_dct": lambda f, a, b, c: MF.fmi(f, a, b, "dct"),
+    "FMI_wavelet": lambda f, a, b, c: MF.fmi(f, a, b, "wavelet"),
 }
 DEFAULT_METRICS: tuple[str, ...] = (
     "EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "MSE", "CC", "PSNR",
 )
-OPTIONAL_METRICS: tuple[str, ...] = ("MS_SSIM", "Nabf", "FMI_pixel")
+OPTIONAL_METRICS: tuple[str, ...] = (
+    "MS_SSIM", "Nabf", "FMI", "FMI_pixel", "FMI_edge", "FMI_dct", "FMI_wavelet",
+)
 
 
 def _resolve(metrics: Sequence[str] | None) -> tuple[str, ...]:
@@ -115,7 +123,8 @@ class FusionMetrics(Metric):
     Args:
         metrics: names to compute (default :data:`DEFAULT_METRICS`; optional: :data:`OPTIONAL_METRICS`).
         convention: ``"cddfuse"`` (MMIF-CDDFuse evaluator, default) or ``"matlab"`` (Linfeng-Tang toolbox:
-            MI in bits, SSIM averaged with a Gaussian window, AG over (H-1)(W-1), MSE/PSNR on /255).
+            MI in bits, SSIM averaged with a Gaussian window, AG over (H-1)(W-1), MSE/PSNR on /255, MS_SSIM
+            the toolbox's multi-scale MEF-SSIM).
 
     ``update(fused, ir, vis, names=None)`` takes B×C×H×W RGB or grey images, float in [0, 1] (quantised to
     8 bit as a PNG writer would) or uint8; ``compute()`` returns ``{name: mean}``; ``per_image()`` the rows.
