@@ -20,7 +20,6 @@ from torch.utils.data import (
     DistributedSampler,
     Sampler,
     default_collate,
-    get_worker_info,
 )
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -127,19 +126,6 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
             "use data.val_batch_size=1 for full-image validation/test, or crop them."
         )
     return default_collate(items)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: distinct, reproducible NumPy and augmentation streams per worker.
-
-    Training batches are seeded per sample by :class:`EpochSeededSampler`; this covers everything else
-    drawn in a worker (``torch.initial_seed()`` there is the loader's base seed plus the worker id).
-    """
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    info = get_worker_info()
-    if info is not None:
-        info.dataset.reseed(seed)
 
 
 class IVIFDataModule(L.LightningDataModule):
@@ -259,7 +245,9 @@ class IVIFDataModule(L.LightningDataModule):
                 transform=train_transform(self.crop_size) if split == "train" else None,
                 perturb=self._perturb_for(split),
             )
-            self.datasets[split].reseed(self.seed)  # direct indexing; the train loader seeds per sample
+            # for direct indexing: the train loader seeds every sample itself, and
+            # seed_everything(workers=True) seeds NumPy/random in each loader worker
+            self.datasets[split].reseed(self.seed)
         return self.datasets[split]
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
@@ -274,7 +262,6 @@ class IVIFDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_pairs,
-            worker_init_fn=seed_worker,
             persistent_workers=False,
         )
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules import CheckpointError, FusionModule, load_fusion_model, read_checkpoint
 from sgdfuse.atomic import atomic_write_json, atomic_write_text
+from sgdfuse.distributed import is_global_rank_zero
 from sgdfuse.slurm import record_requeue_command
 from sgdfuse.wandb_utils import wandb_offline
 
@@ -103,7 +104,7 @@ def check_run_config(cfg: DictConfig, run_dir: Path) -> None:
                 f"{', '.join(diff[:8])}). Use a new run_id, or restore the recorded overrides "
                 f"({path}).")
         return
-    if _is_rank_zero():
+    if is_global_rank_zero():  # the Trainer does not exist yet
         atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(current)))
 
 
@@ -114,11 +115,6 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
-
-
-def _is_rank_zero() -> bool:
-    # before the Trainer exists: Lightning's DDP workers get LOCAL_RANK/NODE_RANK from their launcher
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sgdfuse.atomic import atomic_write_text
+from sgdfuse.distributed import is_global_rank_zero
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEUE_DIR = ".slurm"
@@ -35,11 +36,6 @@ def requeue_file(job_id: str, root: Path | None = None) -> Path:
     """``<root>/.slurm/<job_id>.env``; root defaults to ``$PROJECT_ROOT``, else this repository."""
     root = Path(root or os.environ.get("PROJECT_ROOT") or REPO_ROOT)
     return root / REQUEUE_DIR / f"{job_id}.env"
-
-
-def _is_global_rank_zero(env: Mapping[str, str]) -> bool:
-    # SLURM_PROCID: srun task; RANK/LOCAL_RANK: processes Lightning started itself
-    return all(env.get(var, "0") == "0" for var in ("SLURM_PROCID", "RANK", "LOCAL_RANK"))
 
 
 def recorded_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -58,7 +54,7 @@ def record_requeue_command(argv: list[str], root: Path | None = None) -> Path | 
     """
     env = os.environ
     job_id = env.get("SLURM_JOB_ID")
-    if not job_id or env.get("SUBMITIT_EXECUTOR") or not _is_global_rank_zero(env):
+    if not job_id or env.get("SUBMITIT_EXECUTOR") or not is_global_rank_zero(env):
         return None
     if "-m" in argv or "--multirun" in argv:
         return None  # a Hydra multirun is many runs: there is no single one to resume

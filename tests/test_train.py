@@ -130,3 +130,19 @@ def test_every_two_stage_experiment_trains_and_tests_end_to_end(tmp_path, experi
     assert len(list((run_dir / "test" / "fused").glob("*.png"))) == 2
     final = torch.load(run_dir / STAGE_DIRS[experiment][-1] / "last.ckpt", weights_only=True)
     assert final["sgdfuse_class"] == "lightning_modules.stage2.Stage2DiffusionModule"
+
+
+def test_only_global_rank_zero_records_the_run_config(tmp_path, monkeypatch):
+    """Under srun every task runs train.py before the process group exists: only task 0 writes."""
+    from sgdfuse.distributed import is_global_rank_zero
+    from sgdfuse.pipeline import check_run_config
+
+    assert is_global_rank_zero({}) and is_global_rank_zero({"SLURM_PROCID": "0", "LOCAL_RANK": "0"})
+    assert not is_global_rank_zero({"SLURM_PROCID": "1"}) and not is_global_rank_zero({"NODE_RANK": "1"})
+    cfg = compose_train(_overrides(tmp_path, "run_id=r"))
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    check_run_config(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "run_config.yaml").exists()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    check_run_config(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "run_config.yaml").is_file()

@@ -44,10 +44,6 @@ def hash_config(config: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_json(path, data)
-
-
 def _masks_digest(key: str, mask_ir: np.ndarray, mask_vis: np.ndarray) -> str:
     h = hashlib.sha256(key.encode())
     for mask in (mask_ir, mask_vis):
@@ -144,7 +140,7 @@ class MaskCache:
         path = self.source_dir(source_hash) / MANIFEST
         existing = self.read_manifest(source_hash)
         if existing is None or existing.get("source_hash") != source_hash:
-            _write_json(path, {**manifest, "source_hash": source_hash})
+            atomic_write_json(path, {**manifest, "source_hash": source_hash})
         return path
 
     # -- checkpoint identity ------------------------------------------------------------------------------
@@ -170,7 +166,7 @@ class MaskCache:
         if not isinstance(digest, str):
             digest = _sha256_of_file(real)
             # A lost update under concurrency only costs a rehash later; the file itself is always valid.
-            _write_json(memo_path, {**disk_memo, disk_key: digest})
+            atomic_write_json(memo_path, {**disk_memo, disk_key: digest})
         _SHA256_MEMO[memo_key] = digest
         return digest
 
