@@ -13,14 +13,14 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from sgdfuse.evaluation import evaluate_from_config  # after Hydra parsed the command line
+    from sgdfuse.orchestration.evaluation import evaluate_from_config  # after Hydra parsed the command line
 
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     means = evaluate_from_config(cfg, output_dir)
     if cfg.wandb.enabled:
         from omegaconf import OmegaConf
 
-        from sgdfuse.wandb_utils import log_evaluation
+        from sgdfuse.orchestration.wandb_utils import log_evaluation
 
         log_evaluation(OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True), means,
                        output_dir)

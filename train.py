@@ -11,7 +11,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from sgdfuse.pipeline import run  # after Hydra parsed the command line: `--help` stays fast
+    from sgdfuse.orchestration.pipeline import run  # after Hydra parsed the command line: `--help` stays fast
 
     run(cfg)
 

@@ -17,8 +17,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from datamodules.ivif import IVIFDataModule, collate_pairs
+from datamodules.ivif import IVIFDataModule
 from sgdfuse.data.base import DataError, Pair, PairSource
+from sgdfuse.data.dataset import collate_pairs
 from sgdfuse.data.folder import FolderPairs
 from sgdfuse.data.io import read_ir, read_vis, to_uint8, write_png_atomic
 from sgdfuse.data.synthetic import SyntheticPairs

@@ -11,7 +11,7 @@ import torch
 
 from lightning_modules import load_fusion_model
 from sgdfuse.metrics import FusionMetrics
-from sgdfuse.pipeline import build_datamodule
+from sgdfuse.orchestration.pipeline import build_datamodule
 from tests.conftest import TINY_STAGE2, compose_train, run_script
 
 TEST_PAIRS = 3  # odd: the two ranks get 2 and 1 images; a padding sampler would score one twice

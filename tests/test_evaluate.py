@@ -1,4 +1,4 @@
-"""evaluate.py / sgdfuse.evaluation: files written, rows, methods, and errors that name the bad pair."""
+"""evaluate.py / orchestration.evaluation: files written, rows, methods, and errors that name the bad pair."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 
 from sgdfuse.data.base import DataError
 from sgdfuse.data.folder import FolderPairs
-from sgdfuse.evaluation import baseline_fuser, evaluate, evaluate_from_config
 from sgdfuse.masks.base import MaskSource
 from sgdfuse.metrics import DEFAULT_METRICS, FusionMetrics
+from sgdfuse.orchestration.evaluation import baseline_fuser, evaluate, evaluate_from_config
 from tests.conftest import REPO, compose_train, make_batch
 
 NAMES = ["a01", "a02", "b03"]

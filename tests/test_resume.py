@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgdfuse.pipeline import resume_checkpoint
+from sgdfuse.orchestration.pipeline import resume_checkpoint
 from tests.conftest import REPO, TINY_STAGE2, clean_env
 
 STEPS = 14

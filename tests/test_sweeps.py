@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sgdfuse import slurm
-from sgdfuse.sweeps import (
+from sgdfuse.orchestration import slurm
+from sgdfuse.orchestration.sweeps import (
     CONFIG_DIR,
     SweepError,
     agent_command,
@@ -292,7 +292,7 @@ exec "$@"
 # train.py stand-in: resolves the run id as the pipeline does, records the requeue command, reports itself
 FAKE_TRAIN = """import json, os, sys
 os.environ.setdefault("SGDFUSE_RUN_ID", os.environ.get("WANDB_RUN_ID", "fresh"))
-from sgdfuse.slurm import record_requeue_command
+from sgdfuse.orchestration.slurm import record_requeue_command
 record_requeue_command(sys.argv)
 with open(os.environ["CALLS"], "a") as f:
     f.write("train " + json.dumps({"argv": sys.argv, "run_id": os.environ["SGDFUSE_RUN_ID"],

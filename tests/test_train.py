@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_modules import load_fusion_model
-from sgdfuse.pipeline import ConfigError, run
+from sgdfuse.orchestration.pipeline import ConfigError, run
 from tests.conftest import TINY_STAGE2, compose_train, run_script
 
 GENERIC = ["preset=cpu", "debug=fast", "logger=csv", "model.stage1.net.channels=8",
@@ -52,7 +52,7 @@ def test_checkpoint_loads_back_and_reproduces_the_test_images(stage1_run):
     assert ckpt["global_step"] == 3
     model = load_fusion_model(stage1_run / "stage1" / "last.ckpt")
     cfg = compose_train(_overrides(stage1_run.parent.parent.parent, "+experiment=stage1_only"))
-    from sgdfuse.pipeline import build_datamodule
+    from sgdfuse.orchestration.pipeline import build_datamodule
 
     dm = build_datamodule(cfg)
     dm.prepare_data()
@@ -134,8 +134,8 @@ def test_every_two_stage_experiment_trains_and_tests_end_to_end(tmp_path, experi
 
 def test_only_global_rank_zero_records_the_run_config(tmp_path, monkeypatch):
     """Under srun every task runs train.py before the process group exists: only task 0 writes."""
-    from sgdfuse.distributed import is_global_rank_zero
-    from sgdfuse.pipeline import check_run_config
+    from sgdfuse.orchestration.distributed import is_global_rank_zero
+    from sgdfuse.orchestration.pipeline import check_run_config
 
     assert is_global_rank_zero({}) and is_global_rank_zero({"SLURM_PROCID": "0", "LOCAL_RANK": "0"})
     assert not is_global_rank_zero({"SLURM_PROCID": "1"}) and not is_global_rank_zero({"NODE_RANK": "1"})

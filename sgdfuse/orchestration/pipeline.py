@@ -24,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules import CheckpointError, FusionModule, load_fusion_model, read_checkpoint
 from sgdfuse.atomic import atomic_write_json, atomic_write_text
-from sgdfuse.distributed import is_global_rank_zero
-from sgdfuse.slurm import record_requeue_command
-from sgdfuse.wandb_utils import wandb_offline
+from sgdfuse.orchestration.distributed import is_global_rank_zero
+from sgdfuse.orchestration.slurm import record_requeue_command
+from sgdfuse.orchestration.wandb_utils import wandb_offline
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sgdfuse.atomic import atomic_write_text
-from sgdfuse.distributed import is_global_rank_zero
+from sgdfuse.orchestration.distributed import is_global_rank_zero
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUEUE_DIR = ".slurm"
 #: Environment recorded besides every ``SGDFUSE_*`` variable: what makes W&B attach to the same sweep run.
 #: Deliberately an allow-list: never the API key, and not WANDB_SERVICE (the dead agent's service socket).
@@ -61,7 +61,7 @@ def record_requeue_command(argv: list[str], root: Path | None = None) -> Path | 
     if not argv:
         raise ValueError("record_requeue_command: argv is empty; pass sys.argv (program first).")
     path = requeue_file(job_id, root)
-    lines = [f"# Written by sgdfuse.slurm.record_requeue_command for SLURM job {job_id} at "
+    lines = [f"# Written by sgdfuse.orchestration.slurm.record_requeue_command for SLURM job {job_id} at "
              f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}.",
              "# Sourced by slurm/sweep_agent.sbatch after a requeue to resume this run (not a new one)."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in recorded_env(env).items()]

@@ -104,7 +104,7 @@ def iterate_batches(pairs: PairSource, masks: MaskSource, perturb: dict[str, Any
                     count: int | None = None):
     """Pairs as batches of one in the project's batch format (full image, masks attached), built by the
     training loop's own dataset so that evaluate.py and the test step see identical inputs."""
-    from datamodules.ivif import PairDataset, collate_pairs
+    from sgdfuse.data.dataset import PairDataset, collate_pairs
 
     dataset = PairDataset(pairs, masks, perturb=perturb)
     for index in range(len(dataset) if count is None else count):

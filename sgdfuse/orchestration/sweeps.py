@@ -1,9 +1,9 @@
 """Check W&B sweep files before launching them: schema, grid, exact commands, Hydra composition.
 
-``python -m sgdfuse.sweeps sweeps/ablate_cfc.yaml [more.yaml ...]`` prints, for every grid point, the command
-a ``wandb agent`` would run and the Hydra overrides it passes, composes each with ``configs/``, and exits
-non-zero with a message naming the sweep file and the offending parameter when one does not compose (e.g. a
-key that is not in the config). Nothing talks to a W&B server:
+``python -m sgdfuse.orchestration.sweeps sweeps/ablate_cfc.yaml [more.yaml ...]`` prints, for every grid
+point, the command a ``wandb agent`` would run and the Hydra overrides it passes, composes each with
+``configs/``, and exits non-zero with a message naming the sweep file and the offending parameter when
+one does not compose (e.g. a key that is not in the config). Nothing talks to a W&B server:
 
 - the schema check is W&B's own (``sweeps.schema_violations_from_proposed_config``);
 - the grid is enumerated by W&B's own grid search (``sweeps.next_run``), in the order the server uses;
@@ -34,7 +34,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     import sweeps as wandb_sweeps
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 #: What the agent puts for ``${env}`` and ``${interpreter}`` (wandb_agent.Agent._command_run, non-Windows).
 AGENT_ENV = "/usr/bin/env"
@@ -172,7 +172,8 @@ def check_sweep(path: str | Path, config_dir: Path = CONFIG_DIR) -> list[GridPoi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sgdfuse.sweeps", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sgdfuse.orchestration.sweeps",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="sweep YAML files (e.g. sweeps/*.yaml)")
     args = parser.parse_args(argv)
     failed = 0
