@@ -35,7 +35,8 @@ class FusionModule(L.LightningModule):
 
     @abstractmethod
     def fuse(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """{"stage1": B×3×H×W, "final": B×3×H×W}: RGB in [0, 1] at the input's full size."""
+        """Named outputs, RGB B×3×H×W in [0, 1] at the input's full size: always ``final``; two-stage
+        models add ``stage1`` (their Stage-I image), which test and evaluate score and write beside it."""
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

@@ -41,7 +41,7 @@ class Stage1FusionModule(FusionModule):
 
     def fuse(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         rgb = recombine(self.fuse_y(batch["ir"], batch["vis"]), batch["vis"])
-        return {"stage1": rgb, "final": rgb}
+        return {"final": rgb}
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         y_f = self.fuse_y(batch["ir"], batch["vis"])

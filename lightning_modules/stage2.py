@@ -1,16 +1,12 @@
-"""Stage II: mask-conditioned diffusion refiner on top of the frozen Stage I (DESIGN.md "Stage II").
+"""Stage II: mask-conditioned diffusion refiner on top of the frozen Stage I (docs/design.md, Stage II).
 
-Phases (one parameter set; the phase only decides what trains):
+One parameter set for all phases; the phase table (:data:`sgdfuse.models.stage2.phases.PHASES`) decides
+what trains and which losses apply: ``a`` ε-MSE on the UNet; ``b`` the head on the frozen UNet's decoder
+features with the mask-guided losses; ``joint`` both; ``direct`` no diffusion (the "w/o diffusion"
+ablation: UNet + head as a direct refiner at t = 0).
 
-- ``a``: the UNet learns ε on F1 noised at random t (ε-MSE); the head is frozen and unused.
-- ``b``: the UNet is frozen (and kept in eval mode); the head learns F2 from its decoder features at
-  ``feature_timesteps`` with the mask-guided intensity + gradient losses.
-- ``joint``: both at once (ε-MSE + fusion losses; the fusion losses also reach the UNet).
-- ``direct``: only with ``diffusion=False`` (ablation "w/o diffusion"): no noise, no ε objective; UNet and
-  head are trained together as a direct refiner at t = 0 with the fusion losses.
-
-Colour (DESIGN.md): F1 = Stage-I luminance with the VIS chroma, RGB in [0, 1], mapped by 2x − 1 for the
-diffusion; all losses use Y of (F2 + 1)/2; the final image is that Y recombined with the VIS chroma.
+Colour: F1 = Stage-I luminance with the VIS chroma, RGB in [0, 1], mapped by 2x − 1 for the diffusion;
+all losses use Y of (F2 + 1)/2; the final image is that Y recombined with the VIS chroma.
 """
 
 from __future__ import annotations
@@ -19,6 +15,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
+from hydra.utils import instantiate
 from torch import nn
 
 from lightning_modules import CheckpointError, read_checkpoint
@@ -27,18 +24,8 @@ from lightning_modules.stage1 import Stage1FusionModule
 from sgdfuse.color import recombine, rgb_to_y
 from sgdfuse.losses import fusion_loss
 from sgdfuse.models.stage1 import FusionNet
-from sgdfuse.models.stage2 import HFAH, ConvHead, Denoiser, DiffusionRefiner, per_image_noise
+from sgdfuse.models.stage2 import Denoiser, DiffusionRefiner, get_phase, per_image_noise
 from sgdfuse.models.stage2.refiner import INFERENCE_MODES, image_seed
-
-PHASES = ("a", "b", "joint", "direct")
-DEFAULT_UNET = {"block_out_channels": [64, 128, 256, 512], "layers_per_block": 2, "dropout": 0.2,
-                "attention_head_dim": 8, "norm_num_groups": 32}
-DEFAULT_HFAH = {"level_channels": 64, "hidden_channels": [64, 32], "ratio": 16, "spatial_attention": True}
-DEFAULT_NOISE_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 1e-6, "beta_end": 1e-2,
-                           "beta_schedule": "linear"}
-DEFAULT_INFERENCE = {"mode": "features", "t0": 100, "n_steps": 10}
-DEFAULT_LOSS = {"w_int": 1.5, "w_grad": 1.0, "mask_weight": 1.0, "w_eps": 1.0}
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-4}
 
 
 def _class_path(cls: type) -> str:
@@ -48,20 +35,24 @@ def _class_path(cls: type) -> str:
 class Stage2DiffusionModule(FusionModule):
     """Frozen Stage I + :class:`DiffusionRefiner`, trained phase by phase.
 
+    Components are injected as ``_target_`` configs (kept as plain dicts in the hyperparameters so that a
+    checkpoint rebuilds the same model); their defaults are their constructors' (and the YAML's).
+
     Args:
-        stage1_ckpt: Stage-I ``last.ckpt``; required when ``use_stage1`` (unless ``stage1_net`` is set).
-        phase: ``a`` | ``b`` | ``joint`` (diffusion) or ``direct`` (``diffusion=False``).
-        use_stage1: False = ablation "single stage": Stage II refines the mean of IR and VIS-Y.
-        use_masks: condition the UNet on (mask_ir, mask_vis) and weight the losses by them; False = a
-            3-channel UNet and unweighted losses (ablation "w/o SAM").
-        use_hfah: False = ablation "w/o HFAH": a 1×1 conv + Tanh on the last decoder feature.
-        diffusion: False = ablation "w/o diffusion" (phase ``direct``).
+        head: the fusion head, a ``_target_`` config called with ``in_channels`` (the feature channels of
+            every decoder level, supplied here): ``HFAH``, ``ConvHead`` (w/o HFAH), ``ResidualHead``, ...
+        masks: condition the UNet on (mask_ir, mask_vis) and weight the losses by them. Set by the
+            pipeline from the mask source (``masks=none`` gives False: a 3-channel UNet, unweighted losses).
+        phase: a key of :data:`~sgdfuse.models.stage2.phases.PHASES` (what trains, which losses apply).
+        stage1_ckpt: Stage-I ``last.ckpt`` (set by the pipeline); the frozen first stage.
+        first_stage: instead of a Stage-I checkpoint, a ``_target_`` config of a module mapping
+            (IR B×1×H×W, VIS B×3×H×W) to Y B×1×H×W, e.g. ``MeanFusion`` for the single-stage ablation.
         unet: keyword arguments of :class:`Denoiser` (widths, layers, dropout, ...).
-        hfah: keyword arguments of :class:`HFAH` (ignored without HFAH).
         noise_scheduler: keyword arguments of ``diffusers.DDPMScheduler``.
         feature_timesteps: timesteps whose decoder features feed the head.
         inference: ``mode`` (features | refine), ``t0`` and ``n_steps`` of ``refine``.
-        loss: ``w_int``, ``w_grad``, ``mask_weight`` of :func:`fusion_loss`; ``w_eps`` (joint phase).
+        loss: ``w_int``, ``w_grad``, ``mask_weight`` of :func:`fusion_loss`; ``w_eps`` (ε-MSE weight when
+            a phase has both losses).
         optimizer / scheduler: ``_target_`` dicts (see :class:`FusionModule`).
         stage1_net: Stage I's ``FusionNet`` arguments. Filled in from ``stage1_ckpt`` and saved in the
             hyperparameters, so that a Stage-II checkpoint rebuilds without the Stage-I file.
@@ -69,14 +60,12 @@ class Stage2DiffusionModule(FusionModule):
 
     def __init__(
         self,
-        stage1_ckpt: str | None = None,
+        head: dict[str, Any],
+        masks: bool,
         phase: str = "a",
-        use_stage1: bool = True,
-        use_masks: bool = True,
-        use_hfah: bool = True,
-        diffusion: bool = True,
+        stage1_ckpt: str | None = None,
+        first_stage: dict[str, Any] | None = None,
         unet: dict[str, Any] | None = None,
-        hfah: dict[str, Any] | None = None,
         noise_scheduler: dict[str, Any] | None = None,
         feature_timesteps: list[int] | tuple[int, ...] = (5, 50, 100),
         inference: dict[str, Any] | None = None,
@@ -86,26 +75,25 @@ class Stage2DiffusionModule(FusionModule):
         stage1_net: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        inference = {**DEFAULT_INFERENCE, **(inference or {})}
-        _check_options(phase, diffusion, inference)
+        self.phase = get_phase(phase)
+        inference = dict(inference or {})  # defaults: DiffusionRefiner.infer's signature
+        _check_options(phase, self.phase.diffusion, inference, head, masks)
         self.save_hyperparameters({
-            "stage1_ckpt": stage1_ckpt,
+            "head": dict(head),
+            "masks": masks,
             "phase": phase,
-            "use_stage1": bool(use_stage1),
-            "use_masks": bool(use_masks),
-            "use_hfah": bool(use_hfah),
-            "diffusion": bool(diffusion),
-            "unet": {**DEFAULT_UNET, **(unet or {})},
-            "hfah": {**DEFAULT_HFAH, **(hfah or {})},
-            "noise_scheduler": {**DEFAULT_NOISE_SCHEDULER, **(noise_scheduler or {})},
+            "stage1_ckpt": stage1_ckpt,
+            "first_stage": dict(first_stage) if first_stage else None,
+            "unet": dict(unet or {}),
+            "noise_scheduler": dict(noise_scheduler or {}),
             "feature_timesteps": [int(t) for t in feature_timesteps],
             "inference": inference,
-            "loss": {**DEFAULT_LOSS, **(loss or {})},
-            "optimizer": dict(optimizer or DEFAULT_OPTIMIZER),
+            "loss": dict(loss or {}),
+            "optimizer": dict(optimizer or {"_target_": "torch.optim.Adam"}),
             "scheduler": dict(scheduler) if scheduler else None,
             "stage1_net": dict(stage1_net) if stage1_net else None,
         })
-        self.stage1 = self._build_stage1() if use_stage1 else None
+        self.stage1 = self._build_stage1()
         self.refiner = self._build_refiner()
         self._set_trainable()
         self.train()  # applies the frozen parts' eval mode (see `train`)
@@ -113,7 +101,9 @@ class Stage2DiffusionModule(FusionModule):
     # --- construction --------------------------------------------------------------------------------
     def _build_stage1(self) -> nn.Module:
         hp = self.hparams
-        if hp.stage1_net is not None:  # rebuilt from a Stage-II checkpoint: weights follow in its state dict
+        if hp.first_stage is not None:
+            net = instantiate(hp.first_stage)
+        elif hp.stage1_net is not None:  # rebuilt from a Stage-II checkpoint: weights follow in its state
             net = FusionNet(**hp.stage1_net)
         elif hp.stage1_ckpt:
             stage1 = load_stage1(hp.stage1_ckpt)
@@ -121,31 +111,28 @@ class Stage2DiffusionModule(FusionModule):
         else:
             raise ValueError("model.stage2.stage1_ckpt is null: Stage II refines a trained Stage I. Run "
                              "stage1 first (stages: [stage1, stage2, ...]) or pass its last.ckpt; for the "
-                             "single-stage ablation set model.stage2.use_stage1=false.")
+                             "single-stage ablation use +experiment=single_stage (model.stage2.first_stage).")
         net.requires_grad_(False)
         return net
 
     def _build_refiner(self) -> DiffusionRefiner:
         hp = self.hparams
-        denoiser = Denoiser(cond_channels=2 if hp.use_masks else 0, **hp.unet)
-        n_steps = DiffusionRefiner.num_feature_steps(hp.feature_timesteps, hp.diffusion)
-        in_channels = [c * n_steps for c in denoiser.feature_channels]
-        head = HFAH(in_channels, **hp.hfah) if hp.use_hfah else ConvHead(in_channels)
+        denoiser = Denoiser(cond_channels=2 if hp.masks else 0, **hp.unet)
+        n_steps = DiffusionRefiner.num_feature_steps(hp.feature_timesteps, self.phase.diffusion)
+        head = instantiate(hp.head, in_channels=[c * n_steps for c in denoiser.feature_channels])
         return DiffusionRefiner(denoiser, head, DDPMScheduler(**hp.noise_scheduler), hp.feature_timesteps,
-                                diffusion=hp.diffusion)
+                                diffusion=self.phase.diffusion)
 
     def _set_trainable(self) -> None:
-        phase = self.hparams.phase
-        self.refiner.denoiser.requires_grad_(phase in ("a", "joint", "direct"))
-        self.refiner.head.requires_grad_(phase in ("b", "joint", "direct"))
+        self.refiner.denoiser.requires_grad_(self.phase.train_unet)
+        self.refiner.head.requires_grad_(self.phase.train_head)
 
     def train(self, mode: bool = True) -> Stage2DiffusionModule:
         """Frozen parts stay in eval mode whatever Lightning or the user switches: Stage I always, the
         UNet in phase b (its dropout would otherwise perturb the features the head learns from)."""
         super().train(mode)
-        if self.stage1 is not None:
-            self.stage1.eval()
-        if self.hparams.phase == "b":
+        self.stage1.eval()
+        if not self.phase.train_unet:
             self.refiner.denoiser.eval()
         return self
 
@@ -169,54 +156,62 @@ class Stage2DiffusionModule(FusionModule):
         if ir.ndim != 4 or ir.shape[1] != 1 or vis.shape != (b, 3, h, w):
             raise ValueError(f"Stage II: batch['ir'] must be B×1×H×W and batch['vis'] B×3×H×W, got "
                              f"{tuple(ir.shape)} and {tuple(vis.shape)}")
-        if not self.hparams.use_masks:
+        if not self.hparams.masks:
             return
         for key in ("mask_ir", "mask_vis"):
             mask = batch.get(key)
             if mask is None or tuple(mask.shape) != (b, 1, h, w):
                 got = "missing" if mask is None else f"shape {tuple(mask.shape)}"
-                raise ValueError(f"Stage II with use_masks=true needs batch[{key!r}] of shape {(b, 1, h, w)} "
+                raise ValueError(f"Stage II with masks needs batch[{key!r}] of shape {(b, 1, h, w)} "
                                  f"(like batch['ir']), got {got}. Check the mask source "
-                                 "(masks=sam|labels), or use masks=none with model.stage2.use_masks=false.")
+                                 "(masks=sam|prior|labels), or train without masks (masks=none).")
+
+    def stage1_y(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Y1: the first stage's luminance, B×1×H×W in [0, 1]."""
+        with torch.no_grad():  # Stage I is frozen: no graph, no gradient can reach it
+            return self.stage1(batch["ir"], batch["vis"])
 
     def stage1_image(self, batch: dict[str, Any]) -> torch.Tensor:
-        """F1: RGB in [0, 1] (Stage-I luminance, or the IR/VIS-Y mean without Stage I, + VIS chroma)."""
-        ir, vis = batch["ir"], batch["vis"]
-        with torch.no_grad():  # Stage I is frozen: no graph, no gradient can reach it
-            y = self.stage1(ir, vis) if self.stage1 is not None else 0.5 * (ir + rgb_to_y(vis))
-        return recombine(y, vis)
+        """F1: RGB in [0, 1] (the first stage's luminance + VIS chroma)."""
+        return recombine(self.stage1_y(batch), batch["vis"])
+
+    def final_y(self, f2: torch.Tensor, x0: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
+        """Final luminance B×1×H×W from the head's F2 (x0 = 2·F1 − 1; Y is linear in RGB)."""
+        if getattr(self.refiner.head, "needs_base", False):
+            # Residual heads: Y1 plus the luminance of the correction, so that a zero correction gives F1
+            # bit for bit (Y of the clamped F1 RGB may differ from Y1 where the chroma saturates).
+            return (y1 + rgb_to_y((f2 - x0) / 2)).clamp(0.0, 1.0)
+        return rgb_to_y((f2 + 1) / 2)
 
     def _cond(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        return torch.cat([batch["mask_ir"], batch["mask_vis"]], dim=1) if self.hparams.use_masks else None
+        return torch.cat([batch["mask_ir"], batch["mask_vis"]], dim=1) if self.hparams.masks else None
 
     # --- losses --------------------------------------------------------------------------------------
-    def fusion_losses(self, f2: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Mask-guided intensity + gradient losses on Y of (F2 + 1)/2 (unweighted without masks)."""
-        cfg = self.hparams.loss
-        y_f = rgb_to_y((f2 + 1) / 2)
-        use_masks = self.hparams.use_masks
-        return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), w_int=cfg["w_int"], w_grad=cfg["w_grad"],
-                           mask_ir=batch["mask_ir"] if use_masks else None,
-                           mask_vis=batch["mask_vis"] if use_masks else None,
-                           mask_weight=cfg["mask_weight"] if use_masks else 0.0)
+    def fusion_losses(self, y_f: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Mask-guided intensity + gradient losses on the final luminance (unweighted without masks)."""
+        weights = {k: v for k, v in self.hparams.loss.items() if k in ("w_int", "w_grad")}
+        if not self.hparams.masks:
+            return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights)
+        return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights, mask_ir=batch["mask_ir"],
+                           mask_vis=batch["mask_vis"], mask_weight=self.hparams.loss.get("mask_weight", 1.0))
 
     def compute_losses(self, batch: dict[str, Any], timesteps: torch.Tensor | None = None,
                        noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The current phase's losses; ``timesteps``/``noise`` fix the randomness (tests, validation)."""
         self._check_batch(batch)
-        phase = self.hparams.phase
-        x0 = 2 * self.stage1_image(batch) - 1
+        y1 = self.stage1_y(batch)
+        x0 = 2 * recombine(y1, batch["vis"]) - 1
         cond = self._cond(batch)
         losses: dict[str, torch.Tensor] = {}
         total = x0.new_zeros(())
-        if phase in ("a", "joint"):
+        if self.phase.eps_loss:
             losses.update(self.refiner.epsilon_loss(x0, cond, timesteps, noise))
-            total = total + self.hparams.loss["w_eps"] * losses["loss_eps"]
-        if phase in ("b", "joint", "direct"):
-            if self.hparams.diffusion and noise is None:
+            total = total + self.hparams.loss.get("w_eps", 1.0) * losses["loss_eps"]
+        if self.phase.fusion_loss:
+            if self.phase.diffusion and noise is None:
                 noise = torch.randn_like(x0)
-            f2 = self.refiner.decode(x0, cond, noise, unet_grad=phase != "b")
-            fusion = self.fusion_losses(f2, batch)
+            f2 = self.refiner.decode(x0, cond, noise, unet_grad=self.phase.train_unet)
+            fusion = self.fusion_losses(self.final_y(f2, x0, y1), batch)
             losses.update(loss_fusion=fusion["loss"], loss_int=fusion["loss_int"],
                           loss_grad=fusion["loss_grad"])
             total = total + fusion["loss"]
@@ -240,24 +235,29 @@ class Stage2DiffusionModule(FusionModule):
     # --- inference -----------------------------------------------------------------------------------
     def fuse(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         self._check_batch(batch)
-        f1 = self.stage1_image(batch)
-        f2 = self.refiner.infer(2 * f1 - 1, self._cond(batch), batch["name"], **self.hparams.inference)
-        final = recombine(rgb_to_y((f2 + 1) / 2), batch["vis"])
+        y1 = self.stage1_y(batch)
+        f1 = recombine(y1, batch["vis"])
+        x0 = 2 * f1 - 1
+        f2 = self.refiner.infer(x0, self._cond(batch), batch["name"], **self.hparams.inference)
+        final = recombine(self.final_y(f2, x0, y1), batch["vis"])
+        if self.hparams.first_stage is not None:  # single stage: F1 is a baseline, not a Stage-I image
+            return {"final": final}
         return {"stage1": f1, "final": final}
 
 
-def _check_options(phase: str, diffusion: bool, inference: dict[str, Any]) -> None:
-    if phase not in PHASES:
-        raise ValueError(f"model.stage2.phase={phase!r}: use one of {list(PHASES)}")
-    if diffusion == (phase == "direct"):
-        raise ValueError(f"model.stage2.phase={phase!r} with diffusion={diffusion}: phase 'direct' is the "
-                         "no-diffusion ablation (diffusion=false, stage2_phases=[direct]); phases a, b and "
-                         "joint need diffusion=true.")
-    if inference["mode"] not in INFERENCE_MODES:
-        raise ValueError(f"model.stage2.inference.mode={inference['mode']!r}: "
-                         f"use one of {list(INFERENCE_MODES)}")
-    if inference["mode"] == "refine" and not diffusion:
-        raise ValueError("model.stage2.inference.mode=refine needs diffusion=true (no noise model to sample)")
+def _check_options(phase: str, diffusion: bool, inference: dict[str, Any], head: Any, masks: Any) -> None:
+    if not isinstance(head, dict) or "_target_" not in head:
+        raise ValueError(f"model.stage2.head must be a _target_ config of a fusion head "
+                         f"(model/stage2/head=hfah|conv|residual_hfah|...), got {head!r}")
+    if not isinstance(masks, bool):
+        raise ValueError(f"Stage II `masks` must be true or false (the pipeline sets it from the mask "
+                         f"source), got {masks!r}")
+    mode = inference.get("mode", "features")
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"model.stage2.inference.mode={mode!r}: use one of {list(INFERENCE_MODES)}")
+    if mode == "refine" and not diffusion:
+        raise ValueError(f"model.stage2.inference.mode=refine needs a diffusion phase (phase {phase!r} has "
+                         "no noise model to sample)")
 
 
 def load_stage1(path: str) -> Stage1FusionModule:

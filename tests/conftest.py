@@ -54,8 +54,8 @@ def make_batch(b: int = 2, h: int = 32, w: int = 40, seed: int = 0) -> dict:
 #: A Stage-II model small enough for a few CPU steps in tests (attention still at the lowest level).
 TINY_STAGE2 = [
     "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
-    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
-    "model.stage2.hfah.hidden_channels=[8,8]",
+    "model.stage2.unet.attention_head_dim=4", "model.head_widths.level_channels=8",
+    "model.head_widths.hidden_channels=[8,8]",
 ]
 
 

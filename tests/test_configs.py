@@ -37,11 +37,15 @@ def test_cfc_switch_per_experiment():
         assert compose_train([f"+experiment={name}"]).model.stage1.net.use_cfc is False
 
 
-def test_paper_differs_from_full_only_in_cfc():
+def test_paper_differs_from_full_only_in_cfc_and_the_head_form():
     full = OmegaConf.to_container(compose_train(["+experiment=full"]))
     paper = OmegaConf.to_container(compose_train(["+experiment=paper"]))
     full["experiment_name"] = paper["experiment_name"]
     full["model"]["stage1"]["net"]["use_cfc"] = False
+    for key in ("_target_", "inner", "max_correction"):  # residual HFAH -> the published HFAH
+        del full["model"]["stage2"]["head"][key]
+    head = full["model"]["stage2"]["head"]
+    full["model"]["stage2"]["head"] = {"_target_": "sgdfuse.models.stage2.hfah.HFAH", **head}
     assert full == paper
 
 
@@ -69,17 +73,21 @@ def _flat(cfg, prefix=""):
     return out
 
 
-#: What each ablation may change relative to `full` (DESIGN.md, Ablations) — and must change.
+#: What each ablation may change relative to `full` — and must change.
+_RESIDUAL_ONLY = {"model.stage2.head._target_", "model.stage2.head.inner", "model.stage2.head.max_correction"}
+_HFAH_ONLY = {f"model.stage2.head.{k}"
+              for k in ("level_channels", "hidden_channels", "ratio", "spatial_attention")}
 ABLATION_CHANGES = {
-    "paper": {"model.stage1.net.use_cfc"},
+    "paper": {"model.stage1.net.use_cfc", *_RESIDUAL_ONLY},
     "ablate_cfc": {"model.stage1.net.use_cfc"},
+    "ablate_residual": _RESIDUAL_ONLY,
     "stage1_only": {"stages"},
-    "ablate_sam": {"masks.source._target_", "model.stage2.use_masks"},
+    "ablate_sam": {"masks.source._target_"},
     "mask_erode": {"masks.perturb.mode"},
     "mask_dilate": {"masks.perturb.mode"},
-    "ablate_diffusion": {"stage2_phases", "model.stage2.diffusion"},
-    "ablate_hfah": {"model.stage2.use_hfah"},
-    "single_stage": {"stages", "model.stage2.use_stage1"},
+    "ablate_diffusion": {"stage2_phases"},
+    "ablate_hfah": {"model.stage2.head.inner", *_HFAH_ONLY},
+    "single_stage": {"stages", "model.stage2.first_stage._target_"},
 }
 
 

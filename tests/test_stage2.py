@@ -17,14 +17,16 @@ from torch.utils.data import DataLoader
 from lightning_modules import CheckpointError, load_fusion_model
 from lightning_modules.stage1 import Stage1FusionModule
 from lightning_modules.stage2 import Stage2DiffusionModule
-from sgdfuse.models.stage2 import HFAH, ConvHead, Denoiser, predict_x0
+from sgdfuse.models.stage2 import HFAH, ConvHead, Denoiser, ResidualHead, predict_x0
 from tests.conftest import compose_train, make_batch
 
 TINY_STAGE1 = {"channels": 8, "num_stages": 1, "num_heads": 2}
 TINY = {
     "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "dropout": 0.0, "attention_head_dim": 8,
              "norm_num_groups": 4},
-    "hfah": {"level_channels": 8, "hidden_channels": [8, 8], "ratio": 4},
+    "head": {"_target_": "sgdfuse.models.stage2.hfah.HFAH", "level_channels": 8, "hidden_channels": [8, 8],
+             "ratio": 4},
+    "masks": True,
     "feature_timesteps": [5, 50],
     "optimizer": {"_target_": "torch.optim.Adam", "lr": 3e-3},
 }
@@ -90,7 +92,7 @@ def test_x0_recovered_from_true_noise_with_the_schedulers_alphas():
 # --- blocks -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("use_masks, channels", [(True, 5), (False, 3)])
 def test_unet_input_channels_follow_the_mask_setting(stage1_ckpt, use_masks, channels):
-    module = make_module(stage1_ckpt, use_masks=use_masks)
+    module = make_module(stage1_ckpt, masks=use_masks)
     unet = module.refiner.denoiser.unet
     assert unet.config.in_channels == channels and unet.conv_in.in_channels == channels
     batch = smooth_batch()
@@ -218,7 +220,7 @@ def _fixed_steps(module: Stage2DiffusionModule, batch: dict, steps: int) -> tupl
 @pytest.mark.parametrize("phase", ["a", "b", "joint", "direct"])
 def test_a_few_steps_with_fixed_t_and_noise_lower_each_phase_loss(stage1_ckpt, phase):
     torch.manual_seed(0)
-    module = make_module(stage1_ckpt, phase=phase, diffusion=phase != "direct")
+    module = make_module(stage1_ckpt, phase=phase)
     first, last = _fixed_steps(module, smooth_batch(), steps=10)
     assert last < 0.8 * first, (phase, first, last)
 
@@ -285,7 +287,7 @@ def test_next_phase_starts_from_the_previous_one(stage1_ckpt, tmp_path):
     nxt.load_previous_phase(str(path))
     assert all(torch.equal(v, nxt.state_dict()[k]) for k, v in module.state_dict().items())
     with pytest.raises(CheckpointError, match="share every model.stage2 setting"):
-        make_module(stage1_ckpt, phase="b", use_masks=False).load_previous_phase(str(path))
+        make_module(stage1_ckpt, phase="b", masks=False).load_previous_phase(str(path))
     with pytest.raises(CheckpointError, match="not by lightning_modules.stage2"):
         nxt.load_previous_phase(stage1_ckpt)
 
@@ -320,34 +322,90 @@ def test_masks_of_the_wrong_shape_are_rejected(stage1_ckpt):
 
 
 def test_inconsistent_options_are_rejected(stage1_ckpt):
-    with pytest.raises(ValueError, match="direct"):
-        make_module(stage1_ckpt, phase="direct")  # needs diffusion=false
-    with pytest.raises(ValueError, match="direct"):
-        make_module(stage1_ckpt, phase="a", diffusion=False)
-    with pytest.raises(ValueError, match="refine needs diffusion"):
-        make_module(stage1_ckpt, phase="direct", diffusion=False, inference={"mode": "refine"})
+    with pytest.raises(ValueError, match="does not exist"):
+        make_module(stage1_ckpt, phase="c")
+    with pytest.raises(ValueError, match="refine needs a diffusion phase"):
+        make_module(stage1_ckpt, phase="direct", inference={"mode": "refine"})
+    with pytest.raises(ValueError, match="head must be a _target_"):
+        make_module(stage1_ckpt, head={"level_channels": 8})
+    with pytest.raises(ValueError, match="masks. must be true or false"):
+        make_module(stage1_ckpt, masks="no")
 
 
 def test_ablation_variants(stage1_ckpt):
-    single = make_module(None, use_stage1=False)
+    single = make_module(None, first_stage={"_target_": "sgdfuse.models.mean_fusion.MeanFusion"})
     batch = smooth_batch()
-    assert single.stage1 is None
     grey = dict(batch, vis=batch["vis"][:, :1].repeat(1, 3, 1, 1))  # neutral chroma: F1 is grey
     f1 = single.stage1_image(grey)
     assert torch.allclose(f1, (0.5 * (grey["ir"] + grey["vis"][:, :1])).expand_as(f1), atol=1e-5)
-    assert isinstance(make_module(stage1_ckpt, use_hfah=False).refiner.head, ConvHead)
-    direct = make_module(stage1_ckpt, phase="direct", diffusion=False).eval()
+    with torch.no_grad():
+        assert set(single.eval().fuse(batch)) == {"final"}  # no Stage-I image to score
+    conv = make_module(stage1_ckpt, head={"_target_": "sgdfuse.models.stage2.conv_head.ConvHead"})
+    assert isinstance(conv.refiner.head, ConvHead)
+    direct = make_module(stage1_ckpt, phase="direct").eval()
     calls = _count_unet_calls(direct)
     with torch.no_grad():
         direct.fuse(batch)
     assert calls[0] == 1  # one clean pass at t = 0
 
 
+RESIDUAL = {"_target_": "sgdfuse.models.stage2.residual_head.ResidualHead",
+            "inner": "sgdfuse.models.stage2.hfah.HFAH", "max_correction": 0.25,
+            "level_channels": 8, "hidden_channels": [8, 8], "ratio": 4}
+
+
+def test_residual_head_starts_exactly_at_stage1_and_moves_within_its_bound(stage1_ckpt):
+    torch.manual_seed(0)
+    module = make_module(stage1_ckpt, phase="b", head=RESIDUAL)
+    assert isinstance(module.refiner.head, ResidualHead)
+    batch = smooth_batch(b=1, h=33, w=47)
+    with torch.no_grad():
+        out = module.eval().fuse(batch)
+    assert torch.equal(out["final"], out["stage1"])  # step 0: F2 = F1 bit for bit (odd size: cropped)
+    first, last = _fixed_steps(module.train(), smooth_batch(), steps=10)
+    assert last < first  # the zero-initialised last conv does receive gradients
+    with torch.no_grad():
+        moved = module.eval().fuse(batch)
+    diff = (moved["final"] - out["final"]).abs()
+    assert diff.max() > 1e-4  # training moved away from F1 ...
+    # ... by at most the bound: |ΔY| <= max_correction / 2 in [0, 1] (chroma is VIS's, unchanged)
+    assert diff.max() <= 0.125 + 1e-4
+
+
+class _MeanHead(torch.nn.Module):
+    """A test-only head (plugged in by config alone): mean of the first level, projected to 3 channels."""
+
+    def __init__(self, in_channels, scale: float = 1.0) -> None:
+        super().__init__()
+        self.proj = torch.nn.Conv2d(in_channels[0], 3, 1)
+        self.scale = scale
+
+    def forward(self, features, size=None):
+        out = torch.tanh(self.scale * self.proj(features[0]))
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def test_a_new_head_plugs_in_through_config_alone(stage1_ckpt):
+    cfg = compose_train(["model.stage2.head._target_=tests.test_stage2._MeanHead",
+                         "~model.stage2.head.inner", "~model.stage2.head.max_correction",
+                         "~model.stage2.head.level_channels", "~model.stage2.head.hidden_channels",
+                         "~model.stage2.head.ratio", "~model.stage2.head.spatial_attention",
+                         "+model.stage2.head.scale=0.5"])
+    tiny = OmegaConf.merge(cfg.model.stage2, {k: v for k, v in TINY.items() if k != "head"})
+    module = instantiate(tiny, stage1_ckpt=stage1_ckpt, phase="b", masks=True)
+    assert isinstance(module.refiner.head, _MeanHead) and module.refiner.head.scale == 0.5
+    first, last = _fixed_steps(module, smooth_batch(), steps=3)
+    assert last < first
+
+
 # --- experiment configs -------------------------------------------------------------------------------
-EXPERIMENTS = {  # experiment -> (the only model.stage2 keys that differ from `full`, other top-level changes)
-    "ablate_diffusion": ({"diffusion": False}, {"stage2_phases": ["direct"]}),
-    "ablate_hfah": ({"use_hfah": False}, {}),
-    "single_stage": ({"use_stage1": False}, {"stages": ["stage2", "test"]}),
+HEADS = {"hfah": HFAH, "conv": ConvHead, "residual_hfah": ResidualHead, "residual_conv": ResidualHead}
+EXPERIMENTS = {  # experiment -> (model.stage2 keys that differ from `full`, top-level changes, head option)
+    "paper": ({"head"}, {}, "hfah"),
+    "ablate_residual": ({"head"}, {}, "hfah"),
+    "ablate_diffusion": (set(), {"stage2_phases": ["direct"]}, "residual_hfah"),
+    "ablate_hfah": ({"head"}, {}, "residual_conv"),
+    "single_stage": ({"first_stage"}, {"stages": ["stage2", "test"]}, "residual_hfah"),
 }
 
 
@@ -356,21 +414,25 @@ def test_experiment_changes_exactly_its_component(name, stage1_ckpt):
     full = OmegaConf.to_container(compose_train(["+experiment=full"]), resolve=True)
     cfg = compose_train([f"+experiment={name}"])
     exp = OmegaConf.to_container(cfg, resolve=True)
-    stage2_diff = {k: v for k, v in exp["model"]["stage2"].items() if full["model"]["stage2"][k] != v}
-    model_keys, top = EXPERIMENTS[name]
+    stage2_diff = {k for k, v in exp["model"]["stage2"].items() if full["model"]["stage2"].get(k) != v}
+    model_keys, top, head = EXPERIMENTS[name]
     assert stage2_diff == model_keys
-    assert exp["model"]["stage1"] == full["model"]["stage1"]
+    assert exp["model"]["stage2"]["head"] == OmegaConf.to_container(
+        compose_train([f"model/stage2/head={head}"]).model.stage2.head, resolve=True)
+    if name != "paper":
+        assert exp["model"]["stage1"] == full["model"]["stage1"]
     for key, value in top.items():
         assert exp[key] == value
     for key in ("stages", "stage2_phases", "data", "masks"):
         if key not in top:
             assert exp[key] == full[key]
-    tiny = OmegaConf.merge(cfg.model.stage2, TINY)
-    module = instantiate(tiny, stage1_ckpt=stage1_ckpt if exp["model"]["stage2"]["use_stage1"] else None,
-                         phase=exp["stage2_phases"][0])
+    tiny = OmegaConf.merge(cfg.model.stage2, {k: v for k, v in TINY.items() if k != "head"},
+                           {"head": {"level_channels": 8, "hidden_channels": [8, 8], "ratio": 4}}
+                           if head != "conv" and head != "residual_conv" else {})
+    module = instantiate(tiny, stage1_ckpt=stage1_ckpt, phase=exp["stage2_phases"][0], masks=True)
     assert isinstance(module, Stage2DiffusionModule)
-    assert module.hparams.diffusion == (name != "ablate_diffusion")
-    assert isinstance(module.refiner.head, ConvHead if name == "ablate_hfah" else HFAH)
-    assert (module.stage1 is None) == (name == "single_stage")
+    assert module.phase.diffusion == (name != "ablate_diffusion")
+    assert type(module.refiner.head) is HEADS[head]
+    assert (module.hparams.first_stage is not None) == (name == "single_stage")
     if name == "ablate_diffusion":
         assert exp["steps"]["stage2_direct"] == exp["steps"]["stage2_joint"]

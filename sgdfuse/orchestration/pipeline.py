@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_modules import CheckpointError, FusionModule, load_fusion_model, read_checkpoint
 from sgdfuse.atomic import atomic_write_json, atomic_write_text
+from sgdfuse.models.stage2.phases import check_phase_sequence
 from sgdfuse.orchestration.distributed import is_global_rank_zero
 from sgdfuse.orchestration.slurm import record_requeue_command
 from sgdfuse.orchestration.wandb_utils import wandb_offline
@@ -31,7 +32,6 @@ from sgdfuse.orchestration.wandb_utils import wandb_offline
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2", "test")
-PHASES = ("a", "b", "joint", "direct")
 MARKER = "DONE"
 RUN_ID_ENV = "SGDFUSE_RUN_ID"
 
@@ -68,10 +68,10 @@ def validate(cfg: DictConfig) -> None:
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; allowed: {list(STAGES)}.")
     if "stage2" in cfg.stages:
-        bad = [p for p in cfg.stage2_phases if p not in PHASES]
-        if bad or not cfg.stage2_phases:
-            raise ConfigError(f"stage2_phases: {list(cfg.stage2_phases)} is invalid; use a non-empty list of "
-                              f"{list(PHASES)}, e.g. [a, b].")
+        try:
+            check_phase_sequence(list(cfg.stage2_phases))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     for stage in _training_stages(cfg):
         if stage not in cfg.steps:
             raise ConfigError(f"steps.{stage} is missing: set the number of optimisation steps of {stage}.")
@@ -216,10 +216,12 @@ def build_stage1(cfg: DictConfig) -> FusionModule:
     return instantiate(cfg.model.stage1)
 
 
-def build_stage2(cfg: DictConfig, phase: str, stage1_ckpt: Path | None,
+def build_stage2(cfg: DictConfig, phase: str, stage1_ckpt: Path | None, masks: bool,
                  previous_phase: Path | None = None) -> FusionModule:
-    """Stage II in ``phase``; later phases start from the previous phase's weights."""
-    module = instantiate(cfg.model.stage2, stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None, phase=phase)
+    """Stage II in ``phase``; later phases start from the previous phase's weights. ``masks`` comes from
+    the mask source (one switch: ``masks=none`` gives the 3-channel UNet and unweighted losses)."""
+    module = instantiate(cfg.model.stage2, stage1_ckpt=str(stage1_ckpt) if stage1_ckpt else None, phase=phase,
+                         masks=masks)
     if previous_phase is not None:
         module.load_previous_phase(str(previous_phase))
     return module
@@ -254,7 +256,8 @@ def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str,
         elif stage == "stage2":
             previous: Path | None = None
             for phase in cfg.stage2_phases:
-                make = functools.partial(build_stage2, cfg, phase, stage1_ckpt, previous)
+                masks = datamodule.mask_channels_enabled
+                make = functools.partial(build_stage2, cfg, phase, stage1_ckpt, masks, previous)
                 previous = last_ckpt = _run_or_skip(cfg, f"stage2_{phase}", make, datamodule)
         elif stage == "test":
             if last_ckpt is None:

@@ -63,7 +63,8 @@ class DiffusionRefiner(nn.Module):
     Args:
         denoiser: the ε-predicting UNet with feature capture.
         head: maps the per-level features (highest resolution first) and an output size to B×3×H×W
-            in [-1, 1] (:class:`HFAH` or :class:`ConvHead`), built for ``len(feature_steps)`` × the
+            in [-1, 1] (:class:`HFAH`, :class:`ConvHead`, or a head with ``needs_base = True`` such as
+            :class:`ResidualHead`, which also receives x0), built for ``len(feature_steps)`` × the
             denoiser's ``feature_channels``.
         noise_scheduler: the training ``DDPMScheduler``; the DDIM sampler is derived from its config.
         feature_timesteps: timesteps whose decoder features feed the head.
@@ -137,6 +138,8 @@ class DiffusionRefiner(nn.Module):
         with torch.set_grad_enabled(unet_grad and torch.is_grad_enabled()):
             feats, padded_size = self.features(x0, cond, noise)
         h, w = x0.shape[-2:]
+        if getattr(self.head, "needs_base", False):  # residual heads: F2 = F1 + bounded correction
+            return self.head(feats, size=padded_size, base=x0)
         return self.head(feats, size=padded_size)[..., :h, :w]
 
     # --- inference -----------------------------------------------------------------------------------
