@@ -1,4 +1,4 @@
-"""Stage II: mask-conditioned diffusion refiner on top of the frozen Stage I (DESIGN.md "Stage II").
+"""Stage II: mask-conditioned diffusion refiner on top of the frozen Stage I (docs/design.md, Stage II).
 
 Phases (one parameter set; the phase only decides what trains):
 
@@ -9,7 +9,7 @@ Phases (one parameter set; the phase only decides what trains):
 - ``direct``: only with ``diffusion=False`` (ablation "w/o diffusion"): no noise, no ε objective; UNet and
   head are trained together as a direct refiner at t = 0 with the fusion losses.
 
-Colour (DESIGN.md): F1 = Stage-I luminance with the VIS chroma, RGB in [0, 1], mapped by 2x − 1 for the
+Colour (docs/design.md, Colour): F1 = Stage-I luminance + VIS chroma, RGB in [0, 1], mapped by 2x − 1 for the
 diffusion; all losses use Y of (F2 + 1)/2; the final image is that Y recombined with the VIS chroma.
 """
 

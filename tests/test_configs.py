@@ -69,7 +69,7 @@ def _flat(cfg, prefix=""):
     return out
 
 
-#: What each ablation may change relative to `full` (DESIGN.md, Ablations) — and must change.
+#: What each ablation may change relative to `full` (docs/design.md, Ablations) — and must change.
 ABLATION_CHANGES = {
     "paper": {"model.stage1.net.use_cfc"},
     "ablate_cfc": {"model.stage1.net.use_cfc"},
