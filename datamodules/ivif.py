@@ -1,4 +1,4 @@
-"""The Lightning DataModule of both stages: paired IR/VIS sources + masks -> batches (DESIGN.md, Data flow).
+"""The Lightning DataModule of both stages: IR/VIS pairs + masks -> batches (docs/design.md, Data flow).
 
 Batch: ``ir`` B×1×H×W, ``vis`` B×3×H×W RGB, ``mask_ir`` / ``mask_vis`` B×1×H×W float32 in {0, 1} (zeros
 with ``masks=none``), all float32 in [0, 1]; ``name`` list of str. Training batches are random crops with

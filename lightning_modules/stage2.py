@@ -5,8 +5,9 @@ what trains and which losses apply: ``a`` ε-MSE on the UNet; ``b`` the head on 
 features with the mask-guided losses; ``joint`` both; ``direct`` no diffusion (the "w/o diffusion"
 ablation: UNet + head as a direct refiner at t = 0).
 
-Colour: F1 = Stage-I luminance with the VIS chroma, RGB in [0, 1], mapped by 2x − 1 for the diffusion;
-all losses use Y of (F2 + 1)/2; the final image is that Y recombined with the VIS chroma.
+Colour (docs/design.md, Colour): F1 = Stage-I luminance with the VIS chroma, RGB in [0, 1], mapped by
+2x − 1 for the diffusion; losses and the final image use the final luminance (:meth:`final_y`)
+recombined with the VIS chroma.
 """
 
 from __future__ import annotations

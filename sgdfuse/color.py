@@ -1,6 +1,6 @@
 """Colour handling: fusion happens on luminance, chroma comes from the visible image.
 
-BT.601 full-range YCbCr on [0, 1] tensors (the convention of SeAFusion/PIAFusion code and DESIGN.md).
+BT.601 full-range YCbCr on [0, 1] tensors as in the SeAFusion/PIAFusion code (docs/design.md, Colour).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fusion losses on luminance in [0, 1] (DESIGN.md, Stage I and Stage II).
+"""Fusion losses on luminance in [0, 1] (docs/design.md, Stage-I loss; docs/design.md, Mask-guided losses).
 
 Stage I:  L = L1(Y_f, max(IR, Y_vis)) + λ_grad · L1(|∇Y_f|, max(|∇IR|, |∇Y_vis|)),
 Stage II: the same targets with spatial weights from the SAM masks, normalised by the weight sum so that

@@ -1,4 +1,4 @@
-"""Independent numpy/scipy/skimage/sklearn implementation of METRICS_SPEC.md (``cddfuse`` convention and the
+"""Independent numpy/scipy/skimage/sklearn implementation of docs/metrics.md (``cddfuse`` convention and the
 ``matlab`` differences), the yardstick the torch metrics are tested against. Written from the spec: the
 reference evaluator's loading path (cv2 float32 BGR2GRAY + np.round) and library calls (np.std,
 sklearn mutual_info_score, scipy convolve2d, skimage structural_similarity with data_range=2).
@@ -18,7 +18,7 @@ from sklearn.metrics import mutual_info_score
 
 
 def read_grey(path: str | Path) -> np.ndarray:
-    """Section 0: cv2.imread (3 channels) -> float32 -> BGR2GRAY -> np.round."""
+    """docs/metrics.md, Grey conversion: cv2.imread (3 channels) -> float32 -> BGR2GRAY -> np.round."""
     img = cv2.imread(str(path))
     if img is None:
         raise FileNotFoundError(path)

@@ -73,7 +73,7 @@ def _flat(cfg, prefix=""):
     return out
 
 
-#: What each ablation may change relative to `full` — and must change.
+#: What each ablation may change relative to `full` (docs/design.md, Ablations) — and must change.
 _RESIDUAL_ONLY = {"model.stage2.head._target_", "model.stage2.head.inner", "model.stage2.head.max_correction"}
 _HFAH_ONLY = {f"model.stage2.head.{k}"
               for k in ("level_channels", "hidden_channels", "ratio", "spatial_attention")}

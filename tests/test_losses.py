@@ -42,7 +42,7 @@ def test_sobel_of_a_ramp_and_a_flat_image():
 
 
 def test_mask_weights_are_normalised_by_coverage():
-    """A constant error gives the same loss whatever the mask covers (DESIGN.md: normalised weights)."""
+    """A constant error gives the same loss whatever the mask covers (docs/design.md, Mask-guided losses)."""
     ir, y_vis = _ir_over_flat_vis()
     fused = ir + 0.1
     small = torch.zeros_like(ir)

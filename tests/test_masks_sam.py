@@ -19,7 +19,7 @@ from sgdfuse.masks.sam import SamCheckpointError, SamMasks, select_masks, to_uin
 from sgdfuse.masks.tiny_sam import build_tiny_sam
 
 TINY = {"_target_": "sgdfuse.masks.tiny_sam.build_tiny_sam", "seed": 0}
-# Random weights pass no quality threshold (DESIGN.md): thresholds 0, a coarse grid, no crops.
+# Random weights pass no threshold (docs/design.md, Masks in tests): thresholds 0, few points, no crops.
 FAST = {
     "points_per_side": 4,
     "pred_iou_thresh": 0.0,

@@ -1,5 +1,5 @@
 """Fusion metrics: agreement with an independent numpy reference on real pairs, and closed-form properties
-that pin each formula and quirk of METRICS_SPEC.md."""
+that pin each formula and quirk of docs/metrics.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mask sources behind one interface (DESIGN.md, Masks): ``sam``, ``labels``, ``none``.
+"""Mask sources behind one interface (docs/design.md, Mask sources): ``sam``, ``labels``, ``none``.
 
 The DataModule calls :meth:`MaskSource.prepare` from ``prepare_data`` (once per node: expensive work and
 disk caching happen there) and :meth:`MaskSource.load` from its datasets (cheap, every epoch).

@@ -1,4 +1,4 @@
-"""On-disk cache of per-pair masks, so that a sweep pays for SAM once (DESIGN.md, Masks).
+"""On-disk cache of per-pair masks, so that a sweep pays for SAM once (docs/design.md, Mask cache).
 
 Layout::
 

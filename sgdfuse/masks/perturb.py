@@ -1,4 +1,4 @@
-"""Mask perturbation for the robustness study (DESIGN.md, Masks): erode or dilate the SAM masks.
+"""Mask perturbation for the robustness study (docs/design.md, Mask perturbation): erode or dilate masks.
 
 The paper perturbs the masks at test time to show that fusion quality does not hinge on exact masks. The
 structuring element is an ellipse inscribed in a k×k square, as ``cv2.getStructuringElement`` builds it.

@@ -1,4 +1,4 @@
-"""``masks=sam``: one binary object mask per modality from Segment Anything (DESIGN.md, Masks).
+"""``masks=sam``: one binary object mask per modality from Segment Anything (docs/design.md, SAM masks).
 
 SGDFuse (paper, Sec. 3.2) conditions the diffusion refiner on SAM masks of the infrared and the visible
 image. Here ``segment_anything``'s own :class:`SamAutomaticMaskGenerator` runs separately on IR

@@ -1,4 +1,4 @@
-"""A tiny random-weight SAM for tests, benchmarks and CPU smoke runs (DESIGN.md, Masks).
+"""A tiny random-weight SAM for tests, benchmarks and CPU smoke runs (docs/design.md, Masks in tests).
 
 No SAM weights exist on the project's machines, and the real ViT-B takes over a minute per 640×480
 image on one CPU. This builds the same architecture as ``segment_anything.build_sam`` – ViT image

@@ -1,4 +1,4 @@
-"""Fusion metrics matching published evaluators (METRICS_SPEC.md): EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM,
+"""Fusion metrics matching published evaluators (docs/metrics.md): EN, SD, SF, AG, MI, SCD, VIF, Qabf, SSIM,
 MSE, CC, PSNR by default; MS_SSIM, Nabf and FMI (FMI_pixel, FMI_edge, FMI_dct, FMI_wavelet) on request. See
 :class:`FusionMetrics`."""
 

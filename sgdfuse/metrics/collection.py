@@ -118,7 +118,7 @@ def score_pair(fused: np.ndarray | Tensor, ir: np.ndarray | Tensor, vis: np.ndar
 
 
 class FusionMetrics(Metric):
-    """Fusion metrics of METRICS_SPEC.md, each image scored as 8-bit grey, mean over images.
+    """Fusion metrics (docs/metrics.md), each image scored as 8-bit grey, mean over images.
 
     Args:
         metrics: names to compute (default :data:`DEFAULT_METRICS`; optional: :data:`OPTIONAL_METRICS`).

@@ -1,11 +1,11 @@
-"""Fusion metrics as pure torch functions (METRICS_SPEC.md sections 1-3).
+"""Fusion metrics as pure torch functions (docs/metrics.md, Metric definitions).
 
 Every function takes B×H×W tensors of 8-bit grey levels (integer-valued, 0..255, see :mod:`.grey`) and returns
 one value per image (shape ``B``), computed in float64 unless the reference's own float32 rounding has to be
 reproduced (SSIM, MS-SSIM). ``f`` is the fused image, ``a`` the infrared and ``b`` the visible one.
 ``convention`` is ``"cddfuse"`` (MMIF-CDDFuse ``utils/Evaluator.py``, the default) or ``"matlab"`` (the
-Linfeng-Tang MATLAB toolbox used by SeAFusion/PIAFusion tables); they differ only where section 4 of the
-spec says so.
+Linfeng-Tang MATLAB toolbox used by SeAFusion/PIAFusion tables); they differ only as listed in
+docs/metrics.md, Convention differences.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""8-bit grey conversion used by every fusion metric (METRICS_SPEC.md section 0).
+"""8-bit grey conversion used by every fusion metric (docs/metrics.md, Grey conversion).
 
 Published tables score images read back from 8-bit files and converted with OpenCV's float32
 ``COLOR_BGR2GRAY`` followed by ``np.round``. Scoring tensors the same way makes the training loop's test step,

@@ -128,7 +128,7 @@ def metrics_markdown(means: dict[str, float], title: str, n_images: int, convent
     lines = [
         f"# {title}",
         "",
-        f"Mean over {n_images} images; 8-bit grey scoring, convention `{convention}` (METRICS_SPEC.md).",
+        f"Mean over {n_images} images; 8-bit grey scoring, convention `{convention}` (docs/metrics.md).",
         "",
         "| " + " | ".join(names) + " |",
         "|" + "---:|" * len(names),

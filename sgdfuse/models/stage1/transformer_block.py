@@ -1,7 +1,7 @@
 """Transformer Block (TB), the visible branch of SGDFuse Stage I.
 
 SGDFuse section 3 only says "multi-head self-attention"; token attention over H·W positions costs
-O((H·W)²) memory (hundreds of GB at 640×480), so, as DESIGN.md fixes, we use Restormer's block
+O((H·W)²) memory (hundreds of GB at 640×480), so (docs/design.md, Transformer Block) we use Restormer's block
 (Zamir et al., CVPR 2022, section 3.1/3.2): multi-Dconv-head *transposed* attention (MDTA), whose attention
 matrix is C/h × C/h per head and whose cost is linear in H·W, and the gated-Dconv feed-forward network
 (GDFN), each behind a per-pixel LayerNorm and a residual connection.

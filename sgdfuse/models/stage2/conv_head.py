@@ -1,4 +1,4 @@
-"""The head of the "w/o HFAH" ablation (SGDFuse, section 4 ablations; DESIGN.md ``ablate_hfah``).
+"""The head of the "w/o HFAH" ablation (SGDFuse, section 4 ablations; docs/design.md, Fusion head).
 
 HFAH is replaced by a 1×1 convolution + Tanh on the last (full-resolution) decoder feature, so the
 output sees no multi-level aggregation and no attention.

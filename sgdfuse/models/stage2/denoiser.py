@@ -1,4 +1,4 @@
-"""Mask-conditioned denoising UNet of SGDFuse Stage II (section 3, Stage II; DESIGN.md).
+"""Mask-conditioned denoising UNet of SGDFuse Stage II (section 3, Stage II; docs/design.md, Denoising UNet).
 
 A ``diffusers.UNet2DModel`` on ``cat([x_t, mask_ir, mask_vis])`` (5 channels; 3 without masks) that
 predicts the noise ε. Self-attention sits only at the lowest resolution (the last down block, the mid

@@ -7,7 +7,7 @@ bilinearly resized to the output resolution; the levels are concatenated and dec
 convolutions 64·L → 64 → 32 → 3 with a Tanh output (L = 4 levels gives the published 256 → 64 → 32 → 3).
 
 The paper also names a spatial attention inside the head, absent from the released code. Our reading
-(DESIGN.md): a CBAM-style spatial attention on the concatenated levels, switchable with
+(docs/design.md, Fusion head): a CBAM-style spatial attention on the concatenated levels, switchable with
 ``spatial_attention``.
 """
 

@@ -1,4 +1,4 @@
-"""Diffusion logic of SGDFuse Stage II (section 3, Stage II; DESIGN.md "Stage II").
+"""Diffusion logic of SGDFuse Stage II (section 3, Stage II; docs/design.md, Stage II).
 
 :class:`DiffusionRefiner` holds the mask-conditioned :class:`~sgdfuse.models.stage2.denoiser.Denoiser`,
 the fusion head (HFAH or the ablation's 1×1 conv) and diffusers' schedulers, and provides:
