@@ -69,7 +69,7 @@ def load_all(source_kwargs: dict[str, Any], pairs: SyntheticPairs) -> Run:
         source = SamMasks(**source_kwargs)
         source.prepare(pairs, "bench")
         for index in range(len(pairs)):
-            source.load(pairs, index)
+            source.load(pairs[index])
         seconds = time.perf_counter() - start
     return Run(seconds, counter.calls, counter.seconds)
 

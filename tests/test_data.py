@@ -691,8 +691,8 @@ class _CountingMasks(MaskSource):
             mask = np.zeros(pairs[index].ir.shape, np.uint8)
             self.cache.put("fake", pairs.key(index), mask, mask)
 
-    def load(self, pairs, index):
-        return self.cache.get("fake", pairs.key(index), pairs[index].ir.shape)
+    def load(self, pair):
+        return self.cache.get("fake", pair.key, pair.ir.shape)
 
 
 def test_size_mismatch_fails_in_prepare_data_before_any_mask_is_cached(tmp_path):

@@ -156,8 +156,8 @@ def test_checkpoint_method_uses_the_models_fuse(tiny_root: Path, tmp_path: Path)
 
 
 class _CentreMasks(MaskSource):
-    def load(self, pairs, index):
-        h, w = pairs[index].ir.shape
+    def load(self, pair):
+        h, w = pair.ir.shape
         mask = np.zeros((h, w), np.uint8)
         mask[h // 4 : h // 2, w // 4 : w // 2] = 1
         return mask, 1 - mask

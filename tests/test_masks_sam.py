@@ -137,22 +137,22 @@ def test_prepare_runs_sam_once_per_image_then_never(tmp_path, sam_calls):
     first = tiny_source(tmp_path)
     first.prepare(pairs, "train")
     assert len(sam_calls) == 2 * len(pairs)
-    assert (first.stats.computed, first.stats.cached, first.stats.sam_calls) == (3, 0, 6)
+    assert (first.stats.computed, first.stats.cached, first.stats.calls) == (3, 0, 6)
     assert len(_entries(tmp_path, first)) == 3
     manifest = first.cache.read_manifest(first.source_hash)
     assert manifest["segment_anything_version"] == "1.0"
     assert manifest["source"]["generator"]["points_per_side"] == 4
     assert manifest["source"]["checkpoint_sha256"] is None
-    cold = [first.load(pairs, i) for i in range(len(pairs))]
+    cold = [first.load(pairs[i]) for i in range(len(pairs))]
 
     sam_calls.clear()
     first.prepare(pairs, "train")  # same object
     fresh = tiny_source(tmp_path)  # a later run: new object, same cache dir
     fresh.prepare(pairs, "train")
     assert sam_calls == []
-    assert (fresh.stats.computed, fresh.stats.cached, fresh.stats.sam_calls) == (0, 3, 0)
+    assert (fresh.stats.computed, fresh.stats.cached, fresh.stats.calls) == (0, 3, 0)
     for i, (mask_ir, mask_vis) in enumerate(cold):
-        got_ir, got_vis = fresh.load(pairs, i)
+        got_ir, got_vis = fresh.load(pairs[i])
         np.testing.assert_array_equal(got_ir, mask_ir)
         np.testing.assert_array_equal(got_vis, mask_vis)
     assert sam_calls == []
@@ -192,7 +192,7 @@ def test_checkpoint_content_keys_the_cache_and_is_loaded(tmp_path, sam_calls):
     with_ckpt.prepare(pairs, "test")
     assert len(sam_calls) == 4
     reference = tiny_source(tmp_path / "ref").compute(pairs[0])  # seed-0 builder, no checkpoint
-    loaded = with_ckpt.load(pairs, 0)
+    loaded = with_ckpt.load(pairs[0])
     np.testing.assert_array_equal(loaded[0], reference[0])
     np.testing.assert_array_equal(loaded[1], reference[1])
     seed1 = tiny_source(tmp_path / "ref", model={**TINY, "seed": 1}).compute(pairs[0])
@@ -220,7 +220,7 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path, sam_calls, damage):
     pairs = TinyPairs(num_pairs=3)
     source = tiny_source(tmp_path)
     source.prepare(pairs, "val")
-    expected = source.load(pairs, 1)
+    expected = source.load(pairs[1])
     entry = source.cache.entry_path(source.source_hash, pairs.key(1), (64, 96))
     data = entry.read_bytes()
     entry.write_bytes(data[: len(data) // 3] if damage == "truncate" else os.urandom(len(data)))
@@ -332,7 +332,7 @@ def test_load_before_prepare_computes_lazily_and_caches(tmp_path, sam_calls):
     """Decision: a cache miss in load() computes the masks (with a warning) instead of raising."""
     pairs = TinyPairs(num_pairs=3)
     source = tiny_source(tmp_path)
-    lazy = source.load(pairs, 1)
+    lazy = source.load(pairs[1])
     assert len(sam_calls) == 2 and lazy[0].shape == (64, 96)
     assert source.cache.read_manifest(source.source_hash) is not None
 
@@ -340,18 +340,18 @@ def test_load_before_prepare_computes_lazily_and_caches(tmp_path, sam_calls):
     fresh = tiny_source(tmp_path)
     fresh.prepare(pairs, "train")
     assert len(sam_calls) == 4 and (fresh.stats.computed, fresh.stats.cached) == (2, 1)
-    np.testing.assert_array_equal(fresh.load(pairs, 1)[1], lazy[1])
+    np.testing.assert_array_equal(fresh.load(pairs[1])[1], lazy[1])
 
 
 def test_pickled_source_carries_no_sam_weights(tmp_path, sam_calls):
     pairs = TinyPairs(num_pairs=1)
     source = tiny_source(tmp_path)
-    source.load(pairs, 0)  # builds SAM (lazy path keeps it for further misses)
+    source.load(pairs[0])  # builds SAM (lazy path keeps it for further misses)
     assert source._generator is not None
     clone = pickle.loads(pickle.dumps(source))
     assert clone._generator is None
     sam_calls.clear()
-    np.testing.assert_array_equal(clone.load(pairs, 0)[0], source.load(pairs, 0)[0])
+    np.testing.assert_array_equal(clone.load(pairs[0])[0], source.load(pairs[0])[0])
     assert sam_calls == []
 
 
@@ -361,7 +361,7 @@ def test_through_synthetic_pairs(tmp_path, sam_calls):
     source = tiny_source(tmp_path)
     source.prepare(pairs, "test")
     assert len(sam_calls) == 4
-    mask_ir, mask_vis = source.load(pairs, 1)
+    mask_ir, mask_vis = source.load(pairs[1])
     assert mask_ir.shape == mask_vis.shape == (64, 64)
     assert mask_ir.sum() > 0 and mask_vis.sum() > 0
     # Another size of the same generator stream is a different content: new entries.

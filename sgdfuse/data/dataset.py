@@ -50,7 +50,7 @@ class PairDataset(Dataset):
             index, aug_seed = index
             self.reseed(aug_seed)
         pair = self.pairs[index]
-        mask_ir, mask_vis = self.mask_source.load(self.pairs, index)
+        mask_ir, mask_vis = self.mask_source.load(pair)
         for kind, mask in (("mask_ir", mask_ir), ("mask_vis", mask_vis)):
             if mask.shape != pair.ir.shape or mask.max(initial=0) > 1:
                 raise DataError(

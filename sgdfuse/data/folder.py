@@ -66,7 +66,6 @@ class FolderPairs(PairSource):
         self._vis = [vis_files[s] for s in stems]
         self._names = stems
         self._keys: dict[int, str] = {}
-        self._last: tuple[int, Pair] | None = None  # the mask source re-reads the pair just loaded
 
     # -- standard layouts -------------------------------------------------------------------------------
     @classmethod
@@ -179,8 +178,6 @@ class FolderPairs(PairSource):
 
     def __getitem__(self, index: int) -> Pair:
         index = self._check_index(index)
-        if self._last is not None and self._last[0] == index:
-            return self._last[1]
         ir_path, vis_path = self.files(index)
         ir, vis = read_ir(ir_path), read_vis(vis_path)
         if ir.shape != vis.shape[:2]:
@@ -192,7 +189,6 @@ class FolderPairs(PairSource):
         for array in (ir, vis):
             array.setflags(write=False)  # shared through the cache: copy before modifying
         pair = Pair(name=self._names[index], ir=ir, vis=vis, key=self.key(index))
-        self._last = (index, pair)
         return pair
 
     def _check_index(self, index: int) -> int:

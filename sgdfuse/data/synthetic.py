@@ -45,7 +45,6 @@ class SyntheticPairs(PairSource):
         self.height = int(height)
         self.width = int(width)
         self.seed = int(seed)
-        self._last: tuple[int, Pair] | None = None  # the mask source re-reads the pair just loaded
 
     def __len__(self) -> int:
         return self.num_pairs
@@ -63,13 +62,10 @@ class SyntheticPairs(PairSource):
 
     def __getitem__(self, index: int) -> Pair:
         index = self._check_index(index)
-        if self._last is not None and self._last[0] == index:
-            return self._last[1]
         ir, vis, mask_ir, mask_vis = render_scene(self._rng(index), self.height, self.width)
         pair = Pair(name=self._name(index), ir=ir, vis=vis, key=self.key(index), masks=(mask_ir, mask_vis))
         for array in (ir, vis, mask_ir, mask_vis):
             array.setflags(write=False)  # shared through the cache: copy before modifying
-        self._last = (index, pair)
         return pair
 
     def _name(self, index: int) -> str:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import logging
-import time
 import urllib.parse
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,11 +30,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.modeling import Sam
-from tqdm import tqdm
 
-from sgdfuse.data.base import DataError, Pair, PairSource
-from sgdfuse.masks.base import MaskSource
-from sgdfuse.masks.cache import MaskCache, hash_config
+from sgdfuse.data.base import DataError, Pair
+from sgdfuse.masks.base import CachedMaskSource, Masks
+from sgdfuse.masks.cache import MaskCache  # noqa: F401 - re-exported for callers of sgdfuse.masks.sam
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +66,6 @@ _FIXED = {"output_mode": "binary_mask"}
 
 class SamCheckpointError(DataError):
     """No usable SAM checkpoint (missing file, offline without a path, wrong architecture)."""
-
-
-@dataclass
-class PrepareStats:
-    """What one :meth:`SamMasks.prepare` call did (``sam_calls`` = 2 per computed pair: IR and VIS)."""
-
-    split: str
-    pairs: int = 0
-    computed: int = 0
-    cached: int = 0
-    sam_calls: int = 0
-    seconds: float = 0.0
 
 
 def generator_kwargs(overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -132,7 +117,7 @@ def _plain(config: Any) -> Any:
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
 
 
-class SamMasks(MaskSource):
+class SamMasks(CachedMaskSource):
     """SAM masks for IR and VIS, computed once and cached on disk.
 
     Args:
@@ -150,6 +135,9 @@ class SamMasks(MaskSource):
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
         download: allow downloading the official checkpoint when ``checkpoint`` is None.
     """
+
+    label = "SAM masks"
+    calls_per_pair = 2  # IR and VIS
 
     def __init__(
         self,
@@ -187,14 +175,11 @@ class SamMasks(MaskSource):
         self.model_config = model
         self.generator_config = generator_kwargs(_plain(generator))
         self.top_k, self.min_area, self.max_area = int(top_k), float(min_area), float(max_area)
-        self.cache = MaskCache(cache_dir)
+        super().__init__(cache_dir)
         self.device = device
         self.download = download
-        self.stats: PrepareStats | None = None  # of the last prepare()
-        self._source_hash: str | None = None
         self._checkpoint_path: Path | None = None
         self._generator: SamAutomaticMaskGenerator | None = None
-        self._warned_lazy = False
 
     # -- identity -----------------------------------------------------------------------------------------
 
@@ -257,24 +242,15 @@ class SamMasks(MaskSource):
             "max_area": self.max_area,
         }
 
-    @property
-    def source_hash(self) -> str:
-        if self._source_hash is None:
-            self._source_hash = hash_config(self.identity())
-        return self._source_hash
-
-    def _write_manifest(self) -> None:
+    def manifest(self) -> dict[str, Any]:
         checkpoint = self.resolve_checkpoint()
-        self.cache.write_manifest(
-            self.source_hash,
-            {
-                "source": self.identity(),
-                "checkpoint_path": None if checkpoint is None else str(checkpoint),
-                "segment_anything_version": importlib.metadata.version("segment-anything"),
-                "torch_version": torch.__version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-        )
+        return {
+            "source": self.identity(),
+            "checkpoint_path": None if checkpoint is None else str(checkpoint),
+            "segment_anything_version": importlib.metadata.version("segment-anything"),
+            "torch_version": torch.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
 
     # -- SAM ----------------------------------------------------------------------------------------------
 
@@ -326,7 +302,7 @@ class SamMasks(MaskSource):
     def _selection(self) -> tuple[int, float, float]:
         return self.top_k, self.min_area, self.max_area
 
-    def compute(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    def compute(self, pair: Pair) -> Masks:
         """Run SAM on ``pair`` (no cache): (mask_ir, mask_vis), H×W uint8 in {0, 1}."""
         generator = self._mask_generator()
         shape = pair.ir.shape[:2]
@@ -337,56 +313,6 @@ class SamMasks(MaskSource):
             for image in (pair.ir, pair.vis)
         )
         return mask_ir, mask_vis
-
-    # -- MaskSource ---------------------------------------------------------------------------------------
-
-    def prepare(self, pairs: PairSource, split: str) -> None:
-        """Compute and cache the masks of every pair not cached yet (progress bar); see :attr:`stats`."""
-        start = time.perf_counter()
-        stats = PrepareStats(split=split, pairs=len(pairs))
-        self._write_manifest()  # also resolves the checkpoint: a missing one fails before any work
-        try:
-            for index in tqdm(range(len(pairs)), desc=f"SAM masks [{split}]", unit="pair"):
-                pair = pairs[index]
-                key, shape = pairs.key(index), pair.ir.shape[:2]
-                if self.cache.get(self.source_hash, key, shape) is not None:
-                    stats.cached += 1
-                    continue
-                self.cache.put(self.source_hash, key, *self.compute(pair))
-                stats.computed += 1
-                stats.sam_calls += 2
-        finally:
-            self.release()
-            stats.seconds = time.perf_counter() - start
-            self.stats = stats
-        log.info(
-            "SAM masks [%s]: %d pairs, %d computed, %d cached, %.1f s (cache %s)",
-            split,
-            stats.pairs,
-            stats.computed,
-            stats.cached,
-            stats.seconds,
-            self.cache.source_dir(self.source_hash),
-        )
-
-    def load(self, pairs: PairSource, index: int) -> tuple[np.ndarray, np.ndarray]:
-        pair = pairs[index]
-        key, shape = pairs.key(index), pair.ir.shape[:2]
-        masks = self.cache.get(self.source_hash, key, shape)
-        if masks is not None:
-            return masks
-        if not self._warned_lazy:
-            log.warning(
-                "SAM mask of pair %r is not in the cache %s (prepare() not run for this split, or the entry "
-                "was invalid): computing it now; run prepare_data or precompute_masks.py first to avoid this",
-                pair.name,
-                self.cache.source_dir(self.source_hash),
-            )
-            self._warned_lazy = True
-        self._write_manifest()
-        masks = self.compute(pair)
-        self.cache.put(self.source_hash, key, *masks)
-        return masks
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers get a copy of the source: never ship SAM's weights to them.
