@@ -81,8 +81,9 @@ def test_read_8bit_ir_vis_channel_rules(tmp_path):
     np.testing.assert_array_equal(ir, grey.astype(np.float32) / 255)
     # 3-channel grey IR -> its (exact) grey value
     np.testing.assert_allclose(read_ir(tmp_path / "grey3.png"), grey / 255.0, atol=1e-6)
-    # colour IR -> BT.601 luminance, as cv2.COLOR_BGR2GRAY
-    np.testing.assert_allclose(read_ir(tmp_path / "red.png"), (0.299 * 200 + 0.114 * 10) / 255, atol=1e-6)
+    # colour IR is refused (a swapped role or a pseudo-colour rendering), naming the file
+    with pytest.raises(DataError, match=r"red\.png is colour"):
+        read_ir(tmp_path / "red.png")
     vis = read_vis(tmp_path / "red.png")
     assert vis.shape == (12, 20, 3) and vis.dtype == np.float32
     np.testing.assert_allclose(vis[0, 0], [200 / 255, 0, 10 / 255], atol=1e-7)  # RGB order
@@ -324,7 +325,7 @@ def test_standard_layouts(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "layout"),
-    [("folder", {"ir": "ir", "vi": "vi"}), ("msrs", {"train/ir": "train/vi", "test/ir": "test/vi"}),
+    [("folder", {"ir": "vi"}), ("msrs", {"train/ir": "train/vi", "test/ir": "test/vi"}),
      ("llvip", {"infrared/train": "visible/train", "infrared/test": "visible/test"}),
      ("m3fd", {"Ir": "Vis"}), ("tno", {"ir": "vi"}), ("roadscene", {"ir": "vi"})],
 )

@@ -263,9 +263,11 @@ def _check_twins(root: Path, ir_dir: str, vis_dir: str, ir: dict[str, Path], vis
             problems.append(f"{len(lonely)} file(s) in {here}/ without a twin in {there}/: {shown}")
     if problems:
         raise DataError(
-            f"unpaired images under {root}: " + "; ".join(problems)
-            + ". Every IR image needs a VIS image with the same name (the extension may differ): "
-            "add the missing twins or remove these files."
+            f"unpaired images under {root} ({ir_dir}/ has {len(ir)}, {vis_dir}/ has {len(vis)}): "
+            + "; ".join(problems)
+            + f". Every image in {ir_dir}/ (the IR role, ir_dir) needs one with the same name in {vis_dir}/ "
+            "(the VIS role, vis_dir; the extension may differ): add the missing twins or remove these files, "
+            "or check that both folders come from the same dataset."
         )
 
 

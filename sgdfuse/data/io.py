@@ -5,8 +5,11 @@ the stored integer value is divided by the largest value of its type, ``255`` fo
 16-bit files (16-bit thermal PNG/TIFF). Images are never min-max stretched per image: a cold scene must stay
 dark. Floating-point files are taken as already in ``[0, 1]`` and rejected otherwise.
 
-Channels: IR stored as 3-channel grey (TNO, LLVIP) becomes its luminance (BT.601, as ``cv2.COLOR_BGR2GRAY``,
-which for R = G = B is the stored value); grey VIS is replicated to 3 channels; OpenCV's BGR(A) becomes RGB.
+Channels: IR stored as 3-channel grey (TNO, LLVIP, the Harvard MRI) becomes its grey value (BT.601, as
+``cv2.COLOR_BGR2GRAY``, which for R = G = B is the stored value); a *colour* image in the IR (structural) role
+is an error, not converted: it is almost always a swapped role (PET/SPECT given as the MRI) or a pseudo-colour
+rendering, whose luminance is not the measured intensity. Grey VIS is replicated to 3 channels; OpenCV's
+BGR(A) becomes RGB.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from sgdfuse.data.base import DataError
 
 #: File extensions recognised as images (lower case); OpenCV decodes all of them.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+#: Largest channel spread (fraction of full scale) of a 3-channel image still read as grey: up to 2 of 255
+#: levels (the rounding of a grey image saved as colour JPEG) pass; real colour differs by far more.
+GREY_TOLERANCE = 2.5 / 255.0
 
 _INTEGER_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -50,14 +57,28 @@ def _drop_alpha(image: np.ndarray) -> np.ndarray:
 
 
 def read_ir(path: str | os.PathLike) -> np.ndarray:
-    """Infrared image -> H×W float32 in [0, 1] (8-bit / 255, 16-bit / 65535; 3-channel grey -> luminance)."""
+    """Infrared / structural image -> H×W float32 in [0, 1] (8-bit / 255, 16-bit / 65535; 3-channel grey ->
+    its grey value). A colour file raises :class:`DataError` (see the module docstring)."""
     image = _drop_alpha(_read_float(path))
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 3:
+        _require_grey(image, Path(path))
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     # BT.601 weights sum to 1 up to float rounding: keep the result inside [0, 1].
     return np.clip(image, 0.0, 1.0)
+
+
+def _require_grey(image: np.ndarray, path: Path) -> None:
+    """Reject a 3-channel IR image whose channels differ by more than JPEG noise of a grey image."""
+    spread = float(np.max(image.max(axis=2) - image.min(axis=2)))
+    if spread > GREY_TOLERANCE:
+        raise DataError(
+            f"IR-role image {path} is colour (its channels differ by up to {spread * 255:.0f} of 255 "
+            "levels), but the IR / structural role takes a grey image (thermal IR, MRI). If the two folders' "
+            "roles are swapped, swap ir_dir and vis_dir (the colour image, e.g. PET/SPECT or visible, goes "
+            "in vis_dir); if it is a pseudo-colour rendering, convert the files to grey intensity first."
+        )
 
 
 def read_vis(path: str | os.PathLike) -> np.ndarray:
