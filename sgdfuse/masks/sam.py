@@ -61,6 +61,10 @@ DEFAULT_GENERATOR: dict[str, Any] = {
 # Generator arguments that change speed or memory but not the masks: kept out of the cache key so that
 # tuning them to a GPU does not invalidate a cache. ``output_mode`` is fixed (we need binary masks).
 _SPEED_ONLY = frozenset({"points_per_batch"})
+
+#: What ``SamAutomaticMaskGenerator`` (through ``SamPredictor``) uses of a model.
+SAM_INTERFACE = ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess", "postprocess_masks",
+                 "image_format", "mask_threshold", "device")
 _FIXED = {"output_mode": "binary_mask"}
 
 
@@ -126,9 +130,10 @@ class SamMasks(CachedMaskSource):
         checkpoint: SAM weights file. None: the official checkpoint of ``model_type`` is downloaded into
             torch hub's cache (``$TORCH_HOME/hub/checkpoints``) when ``download`` is True; with ``model``
             given, None keeps the builder's own weights (e.g. the tiny random-weight test SAM).
-        model: a Hydra builder config (``_target_`` returning a ``segment_anything.modeling.Sam``) for any
-            other SAM. Keep ``_recursive_: false`` on the enclosing config so Hydra passes the config
-            instead of building SAM eagerly.
+        model: a Hydra builder config (``_target_`` returning a model with ``segment_anything``'s
+            ``Sam`` API: MobileSAM, SAM-HQ, an EfficientSAM port, ...) for any other SAM. Keep
+            ``_recursive_: false`` on the enclosing config so Hydra passes the config instead of building
+            SAM eagerly.
         generator: :class:`SamAutomaticMaskGenerator` arguments, over :data:`DEFAULT_GENERATOR`.
         top_k, min_area, max_area: mask selection, see :func:`select_masks`.
         cache_dir: root of the :class:`MaskCache`.
@@ -263,10 +268,13 @@ class SamMasks(CachedMaskSource):
         checkpoint = self.resolve_checkpoint()
         if self.model_config is not None:
             sam = hydra.utils.instantiate(self.model_config)
-            if not isinstance(sam, Sam):
+            # Duck-typed: SAM-family models (MobileSAM, SAM-HQ, EfficientSAM ports) ship their own copy of
+            # the Sam class; what SamAutomaticMaskGenerator uses is this interface.
+            missing = [a for a in SAM_INTERFACE if not hasattr(sam, a)]
+            if missing:
                 raise TypeError(
                     f"masks.source.model._target_={self.model_config['_target_']} built a "
-                    f"{type(sam).__name__}, not a segment_anything.modeling.Sam"
+                    f"{type(sam).__name__} without {missing}: not a model with segment_anything's Sam API"
                 )
         else:
             # Weights are loaded below rather than by the registry builder so that GPU-saved checkpoints
