@@ -16,16 +16,19 @@ def main(cfg: DictConfig) -> None:
     from sgdfuse.orchestration.evaluation import evaluate_from_config  # after Hydra parsed the command line
 
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
-    means = evaluate_from_config(cfg, output_dir)
+    results = evaluate_from_config(cfg, output_dir)
     if cfg.wandb.enabled:
         from omegaconf import OmegaConf
 
         from sgdfuse.orchestration.wandb_utils import log_evaluation
 
-        log_evaluation(OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True), means,
+        log_evaluation(OmegaConf.to_container(cfg.wandb), OmegaConf.to_container(cfg, resolve=True), results,
                        output_dir)
     print(f"results in {output_dir}")
-    print("  ".join(f"{k}={v:.4f}" for k, v in means.items()))
+    for name, result in results.items():
+        for output in (o for o in result if o != "n_images"):
+            means = "  ".join(f"{k}={v:.4f}" for k, v in result[output].items())
+            print(f"{name} [{output}, {result['n_images']} images]  {means}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ flips; validation and test batches are full images, one per batch by default bec
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -21,6 +22,7 @@ from sgdfuse.masks.base import MaskSource
 from sgdfuse.masks.perturb import MODES
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 _PERTURB_DEFAULTS: dict[str, Any] = {"mode": None, "kernel_size": 5, "apply_to": ["test"]}
 
 
@@ -28,22 +30,26 @@ class IVIFDataModule(L.LightningDataModule):
     """Train / val / test pair sources with one mask source, for Stage I and Stage II alike.
 
     Args:
-        train, val, test: the splits (``None`` when a run does not need one, e.g. a test-only dataset).
+        train, val: the training splits (``None`` when a run does not need one, e.g. a test-only dataset).
+        test: the test set, or a dict of named test sets (``{"TNO": ..., "RoadScene": ...}``) that the
+            test stage scores and reports separately, as papers print them side by side. A single source
+            is named ``name``.
+        name: the dataset's name (``TNO``, ``MSRS``, ...): the name of a single test set.
         mask_source: where masks come from (SAM, labels, none); run once per node in :meth:`prepare_data`.
         perturb: ``{"mode": None | "erode" | "dilate", "kernel_size": k, "apply_to": [splits]}`` — masks of
             the splits in ``apply_to`` are eroded/dilated when loaded (the paper's robustness test).
         batch_size, crop_size: training batches of random ``crop_size``² crops with flips.
         val_batch_size: validation/test batch size; full images of different sizes need 1.
         seed: seeds the training shuffle and the augmentations.
-        root: dataset root the split configs share (``${..root}``); kept only to be logged with the
-            hyperparameters.
+        root, test_root: dataset roots the split configs share (``${..root}``); kept only to be logged
+            with the hyperparameters.
     """
 
     def __init__(
         self,
         train: PairSource | None,
         val: PairSource | None,
-        test: PairSource | None,
+        test: PairSource | dict[str, PairSource] | None,
         mask_source: MaskSource,
         perturb: dict[str, Any] | None = None,
         batch_size: int = 24,
@@ -53,9 +59,12 @@ class IVIFDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         root: str | None = None,
+        test_root: str | None = None,
+        name: str = "test",
     ) -> None:
         super().__init__()
-        self.sources: dict[str, PairSource | None] = {"train": train, "val": val, "test": test}
+        self.test_sets = _named_test_sets(test, name)
+        self.sources: dict[str, PairSource | None] = {"train": train, "val": val, **self.test_sets}
         if not isinstance(mask_source, MaskSource):
             raise DataError(f"mask_source must be a MaskSource, got {type(mask_source).__name__}")
         self.mask_source = mask_source
@@ -75,6 +84,7 @@ class IVIFDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.seed = int(seed)
         self.save_hyperparameters(ignore=["train", "val", "test", "mask_source"])
+        self.hparams["test_sets"] = list(self.test_sets)
         self.datasets: dict[str, PairDataset] = {}
 
     @property
@@ -92,14 +102,24 @@ class IVIFDataModule(L.LightningDataModule):
         present = self._present()
         for pairs in present.values():
             pairs.validate()
+        self._warn_small_training_pairs()
         for split, pairs in present.items():
             self.mask_source.prepare(pairs, split)
 
+    @property
+    def test_set_names(self) -> list[str]:
+        """Names of the test sets, in the order of :meth:`test_dataloader`'s loaders."""
+        return list(self.test_sets)
+
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        tests = tuple(self.test_sets)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": tests, "predict": tests}
         if stage == "fit" and self.sources["train"] is None:
             raise DataError("training needs a train split, but data.train is null; pick a dataset with one.")
-        for split in needed.get(stage, SPLITS):
+        if stage == "fit" and len(self.sources["train"]) < self.batch_size:
+            raise DataError(f"the train split has {len(self.sources['train'])} pair(s), fewer than one batch "
+                            f"(data.batch_size={self.batch_size}): add pairs or lower data.batch_size.")
+        for split in needed.get(stage, ("train", "val", *tests)):
             if self.sources[split] is not None:
                 self._dataset(split)
 
@@ -110,11 +130,14 @@ class IVIFDataModule(L.LightningDataModule):
         # No val split: an empty list tells Lightning to skip validation.
         return self._loader("val", self.val_batch_size) if self.sources["val"] is not None else []
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.val_batch_size)
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test set (Lightning's ``dataloader_idx`` = position in :attr:`test_set_names`)."""
+        if not self.test_sets:
+            raise DataError("no test split configured (data.test is null); pick a dataset with one.")
+        return [self._loader(name, self.val_batch_size) for name in self.test_sets]
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.val_batch_size)
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.test_dataloader()
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _present(self) -> dict[str, PairSource]:
@@ -123,8 +146,19 @@ class IVIFDataModule(L.LightningDataModule):
             _check_nonempty(split, pairs)
         return present
 
+    def _warn_small_training_pairs(self) -> None:
+        """Pairs smaller than the crop are reflect-padded by the training transform: say which ones."""
+        train = self.sources["train"]
+        small = [f"{n} ({h}×{w})" for n, (h, w) in getattr(train, "sizes", {}).items()
+                 if min(h, w) < self.crop_size]
+        if small:
+            more = " ..." if len(small) > 5 else ""
+            log.warning("%d training pair(s) are smaller than data.crop_size=%d and are reflect-padded "
+                        "to it: %s%s", len(small), self.crop_size, ", ".join(small[:5]), more)
+
     def _perturb_for(self, split: str) -> dict[str, Any] | None:
-        if self.perturb["mode"] is None or split not in self.perturb["apply_to"]:
+        kind = "test" if split in self.test_sets else split
+        if self.perturb["mode"] is None or kind not in self.perturb["apply_to"]:
             return None
         return {"mode": self.perturb["mode"], "kernel_size": self.perturb["kernel_size"]}
 
@@ -165,9 +199,23 @@ class IVIFDataModule(L.LightningDataModule):
 def _sampler(split: str, dataset: Dataset, seed: int) -> Sampler | None:
     if split == "train":
         return EpochSeededSampler(len(dataset), seed)
-    if split == "test" and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if split not in ("val",) and torch.distributed.is_available() and torch.distributed.is_initialized():
         return ShardSampler(dataset)
     return None  # validation under DDP: Lightning's padded DistributedSampler (losses only)
+
+
+def _named_test_sets(test: PairSource | dict[str, PairSource] | None, name: str) -> dict[str, PairSource]:
+    if test is None:
+        return {}
+    if isinstance(test, PairSource):
+        return {name: test}
+    if isinstance(test, dict) and all(isinstance(v, PairSource) for v in test.values()):
+        reserved = {"train", "val"} & set(test)
+        if reserved:
+            raise DataError(f"data.test: a test set may not be called {sorted(reserved)}; rename it.")
+        return {str(k): v for k, v in test.items()}
+    raise DataError(f"data.test must be a pair source or a dict of named pair sources, got "
+                    f"{type(test).__name__}: {test!r}")
 
 
 def _check_nonempty(split: str, pairs: PairSource) -> None:

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-
-from sgdfuse.atomic import atomic_write_json
-from sgdfuse.data.io import write_png_atomic
 
 #: Key under which a checkpoint records the class that wrote it (read by ``load_fusion_model``).
 CLASS_KEY = "sgdfuse_class"
@@ -27,11 +23,8 @@ class FusionModule(L.LightningModule):
 
     Subclasses implement :meth:`fuse` (the inference path used by test and evaluate) and
     :meth:`trainable_parameters` (what the optimiser sees), plus ``training_step``/``validation_step``.
-    Test results (mean metrics, fused PNGs) go to ``test_output_dir`` when it is set.
+    ``test_step`` returns the named outputs; the pipeline's ``TestResults`` callback scores and writes them.
     """
-
-    #: Set by the pipeline before ``trainer.test``; None disables writing files.
-    test_output_dir: str | None = None
 
     @abstractmethod
     def fuse(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -58,27 +51,10 @@ class FusionModule(L.LightningModule):
             self.log(f"{prefix}/{name}", value, on_step=on_step, on_epoch=not on_step,
                      prog_bar=name == "loss", batch_size=batch_size, sync_dist=not on_step)
 
-    # --- test loop: metrics on the final image, as published tables score it ------------------------
-    def on_test_start(self) -> None:
-        from sgdfuse.metrics import FusionMetrics  # imported here: metrics are only needed for testing
-
-        self.test_metrics = FusionMetrics().to(self.device)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self.fuse(batch)
-        self.test_metrics.update(out["final"], batch["ir"], batch["vis"], names=batch["name"])
-        if self.test_output_dir:
-            for name, img in zip(batch["name"], out["final"], strict=True):  # names are file stems
-                write_png_atomic(Path(self.test_output_dir) / "fused" / f"{name}.png",
-                                 img.permute(1, 2, 0).float().cpu().numpy())
-
-    def on_test_epoch_end(self) -> None:
-        values = {k: float(v) for k, v in self.test_metrics.compute().items()}
-        for name, value in values.items():
-            self.log(f"test/{name}", value, sync_dist=False)  # already reduced across ranks
-        if self.test_output_dir and self.trainer.is_global_zero:
-            atomic_write_json(Path(self.test_output_dir) / "metrics.json", values)
-        self.test_metrics.reset()
+    # --- test loop: the named outputs; the TestResults callback scores and writes them -------------
+    def test_step(self, batch: dict[str, Any], batch_idx: int,
+                  dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return {k: v.float().clamp(0, 1) for k, v in self.fuse(batch).items()}
 
     # --- checkpoint identity ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -110,3 +110,44 @@ def _set_rng_states(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TestResults(L.Callback):
+    """Writes and logs the test stage's results through :mod:`sgdfuse.orchestration.results`, the same
+    path ``evaluate.py`` uses: one :class:`SetResults` per test set (Lightning's ``dataloader_idx``).
+
+    Args:
+        output_dir: ``<run_dir>/test``.
+        set_names: the test sets in the order of the DataModule's test loaders.
+        metrics / convention: the metric set and convention (see :class:`FusionMetrics`).
+        show_masks: mask columns in the grids.
+    """
+
+    def __init__(self, output_dir: str | Path, set_names: list[str], metrics: list[str] | None = None,
+                 convention: str = "cddfuse", show_masks: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.set_names = list(set_names)
+        self.metrics, self.convention, self.show_masks = metrics, convention, show_masks
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from sgdfuse.orchestration.results import SetResults
+
+        # Every rank writes its own images (shared file system); summaries are written by rank 0 only.
+        self.sets = {name: SetResults(self.output_dir / name, name, self.metrics, self.convention,
+                                      show_masks=self.show_masks) for name in self.set_names}
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.sets[self.set_names[dataloader_idx]].add(batch, outputs)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from sgdfuse.orchestration.results import flat_metrics, write_summary
+
+        write = trainer.is_global_zero
+        self.results = {name: s.finish(write=write) for name, s in self.sets.items() if s.scorers}
+        if write:
+            names = next(iter(self.sets.values())).metric_names
+            write_summary(self.output_dir, self.results, self.convention, names)
+            for logger in trainer.loggers:
+                logger.log_metrics(flat_metrics(self.results))

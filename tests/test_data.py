@@ -341,7 +341,7 @@ def test_data_configs_instantiate(tmp_path, name, layout):
     assert isinstance(dm, IVIFDataModule) and not dm.mask_channels_enabled
     dm.prepare_data()
     dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
+    batch = next(iter(dm.test_dataloader()[0]))
     assert batch["ir"].shape == (1, 1, 24, 32) and batch["vis"].shape == (1, 3, 24, 32)
     assert batch["mask_ir"].sum() == 0
     assert (dm.sources["train"] is None) == (name in ("tno", "roadscene"))
@@ -465,14 +465,14 @@ def test_datamodule_end_to_end_with_perturbation():
     np.testing.assert_array_equal(val["mask_ir"][0, 0].numpy(), pair.masks[0])
 
     dm.setup("test")
-    test = list(dm.test_dataloader())
+    test = list(dm.test_dataloader()[0])
     assert len(test) == 3 and test[0]["ir"].shape == (1, 1, 40, 52)
     for i, batch in enumerate(test):
         mask_ir, mask_vis = dm.sources["test"][i].masks
         np.testing.assert_array_equal(batch["mask_ir"][0, 0].numpy(), perturb_mask(mask_ir, "erode", 5))
         np.testing.assert_array_equal(batch["mask_vis"][0, 0].numpy(), perturb_mask(mask_vis, "erode", 5))
         assert batch["mask_ir"].sum() < mask_ir.sum()
-    assert [b["name"][0] for b in dm.predict_dataloader()] == ["test_00000", "test_00001", "test_00002"]
+    assert [b["name"][0] for b in dm.predict_dataloader()[0]] == ["test_00000", "test_00001", "test_00002"]
 
 
 def test_datamodule_shuffle_and_crops_are_seeded():
@@ -582,9 +582,9 @@ def test_different_sizes_in_one_batch_fail_clearly(tmp_path):
     dm = IVIFDataModule(train=None, val=None, test=FolderPairs(root), mask_source=NoMasks(), val_batch_size=2)
     dm.setup("test")
     with pytest.raises(DataError, match="different sizes.*val_batch_size=1"):
-        next(iter(dm.test_dataloader()))
+        next(iter(dm.test_dataloader()[0]))
     one_by_one = IVIFDataModule(None, None, FolderPairs(root), NoMasks())
-    sizes = [b["ir"].shape for b in one_by_one.test_dataloader()]
+    sizes = [b["ir"].shape for b in one_by_one.test_dataloader()[0]]
     assert sizes == [(1, 1, 20, 30), (1, 1, 24, 30)]
     with pytest.raises(DataError, match="different sizes"):
         collate_pairs([{"ir": torch.zeros(1, 4, 4), "name": "x"}, {"ir": torch.zeros(1, 4, 5), "name": "y"}])

@@ -47,8 +47,12 @@ def test_ddp_pipeline_matches_single_process_evaluation(tmp_path):
     assert sum(computed) == 8 + 1 + TEST_PAIRS and len(computed) >= 6
     assert len(list((tmp_path / "cache" / "masks").glob("*/*.npz"))) == 8 + 1 + TEST_PAIRS
 
-    assert len(list((run_dir / "test" / "fused").glob("*.png"))) == TEST_PAIRS
-    ddp_metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
+    assert len(list((run_dir / "test" / "synthetic" / "fused").glob("*.png"))) == TEST_PAIRS
+    ddp_result = json.loads((run_dir / "test" / "metrics.json").read_text())["sets"]["synthetic"]
+    assert ddp_result["n_images"] == TEST_PAIRS  # every image once, none padded in
+    ddp_metrics = ddp_result["final"]
+    rows = (run_dir / "test" / "synthetic" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * TEST_PAIRS  # header + stage1 and final rows of every image, from both ranks
 
     # the same checkpoint, one process, every test image once
     cfg = compose_train([*OVERRIDES, *paths])
@@ -58,7 +62,7 @@ def test_ddp_pipeline_matches_single_process_evaluation(tmp_path):
     model = load_fusion_model(run_dir / "stage2_b" / "last.ckpt")
     metrics = FusionMetrics()
     with torch.no_grad():
-        for batch in datamodule.test_dataloader():
+        for batch in datamodule.test_dataloader()[0]:
             metrics.update(model.fuse(batch)["final"], batch["ir"], batch["vis"], names=batch["name"])
     single = {k: float(v) for k, v in metrics.compute().items()}
     assert metrics.per_image().__len__() == TEST_PAIRS

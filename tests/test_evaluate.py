@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from sgdfuse.orchestration.evaluation import baseline_fuser, evaluate, evaluate_
 from tests.conftest import REPO, compose_train, make_batch
 
 NAMES = ["a01", "a02", "b03"]
+SET = "folder"  # data=folder names its test set "folder"; results go to <out>/<set>/
 
 
 @pytest.fixture(autouse=True)
@@ -58,15 +60,20 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_avg_baseline_writes_all_outputs_with_the_right_rows(tiny_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "avg"
-    means = evaluate_from_config(_cfg(tiny_root, out, "method=avg", "grid_pairs=2"), out)
-    assert sorted(p.name for p in (out / "fused").iterdir()) == [f"{n}.png" for n in NAMES]
-    rows = _rows(out / "metrics.csv")
-    assert [r["name"] for r in rows] == NAMES and list(rows[0]) == ["name", *DEFAULT_METRICS]
+    results = evaluate_from_config(_cfg(tiny_root, out, "method=avg", "grid_pairs=2"), out)
+    means = results[SET]["final"]
+    assert set(results[SET]) == {"n_images", "final"} and results[SET]["n_images"] == 3
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["sets"][SET]["final"] == means and summary["convention"] == "cddfuse"
+    assert sorted(p.name for p in (out / SET / "fused").iterdir()) == [f"{n}.png" for n in NAMES]
+    rows = _rows(out / SET / "metrics.csv")
+    assert [r["name"] for r in rows] == NAMES and list(rows[0]) == ["name", "output", *DEFAULT_METRICS]
     for key in DEFAULT_METRICS:  # the Markdown/returned mean is the mean of the CSV rows
         assert means[key] == pytest.approx(np.mean([float(r[key]) for r in rows]), rel=1e-5, abs=1e-6)
-    table = (out / "metrics.md").read_text()
-    assert "Mean over 3 images" in table and f"{means['EN']:.4f}" in table and "| EN | SD |" in table
-    grid = cv2.imread(str(out / "grid.png"))
+    table = (out / SET / "metrics.md").read_text()
+    assert "Mean over 3 images" in table and f"{means['EN']:.4f}" in table
+    assert "| output | EN | SD |" in table and "| final |" in table
+    grid = cv2.imread(str(out / SET / "grid.png"))
     # 2 rows of 256 px + a 4 px gap; columns IR | VIS | final (no masks, no Stage I for a baseline).
     assert grid.shape[0] == 2 * 256 + 4 and grid.shape[1] == 3 * round(80 * 256 / 64) + 2 * 2 * 4
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temp files
@@ -76,7 +83,7 @@ def test_rows_equal_the_metric_on_the_pairs(tiny_root: Path, tmp_path: Path) -> 
     out = tmp_path / "max"
     evaluate_from_config(_cfg(tiny_root, out, "method=max", "metrics=[EN,MI,SSIM,Qabf]"), out)
     pairs = FolderPairs(tiny_root)
-    for row, index in zip(_rows(out / "metrics.csv"), range(len(pairs)), strict=True):
+    for row, index in zip(_rows(out / SET / "metrics.csv"), range(len(pairs)), strict=True):
         pair = pairs[index]
         ir = torch.from_numpy(pair.ir.copy())[None, None]
         vis = torch.from_numpy(pair.vis.copy()).permute(2, 0, 1)[None]
@@ -90,9 +97,10 @@ def test_rows_equal_the_metric_on_the_pairs(tiny_root: Path, tmp_path: Path) -> 
 def test_folder_method_rescores_written_pngs_identically(tiny_root: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "run", tmp_path / "rescored"
     evaluate_from_config(_cfg(tiny_root, first, "method=avg"), first)
-    evaluate_from_config(_cfg(tiny_root, second, "method=folder", f"fused_dir={first / 'fused'}"), second)
-    assert _rows(first / "metrics.csv") == _rows(second / "metrics.csv")  # PNGs are the scored pixels
-    assert not (second / "fused").exists()  # existing fused images are not copied
+    fused = first / SET / "fused"
+    evaluate_from_config(_cfg(tiny_root, second, "method=folder", f"fused_dir={fused}"), second)
+    assert _rows(first / SET / "metrics.csv") == _rows(second / SET / "metrics.csv")  # PNGs = scored pixels
+    assert not (second / SET / "fused").exists()  # existing fused images are not copied
 
 
 def test_missing_fused_file_names_the_pair(tiny_root: Path, tmp_path: Path) -> None:
@@ -103,7 +111,7 @@ def test_missing_fused_file_names_the_pair(tiny_root: Path, tmp_path: Path) -> N
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"'b03'.*no fused image"):
         evaluate_from_config(_cfg(tiny_root, out, "method=folder", f"fused_dir={fused}"), out)
-    assert not (out / "metrics.csv").exists()  # no table from a partial dataset
+    assert not (out / SET / "metrics.csv").exists()  # no table from a partial dataset
 
 
 def test_fused_image_of_another_size_names_the_pair(tiny_root: Path, tmp_path: Path) -> None:
@@ -125,7 +133,7 @@ def test_nan_output_stops_the_run_naming_the_pair(tiny_root: Path, tmp_path: Pat
 
     with pytest.raises(ValueError, match=r"a02.*NaN"):
         evaluate(FolderPairs(tiny_root), broken, tmp_path / "out")
-    assert not (tmp_path / "out" / "metrics.csv").exists()
+    assert not (tmp_path / "out" / "test" / "metrics.csv").exists()
 
 
 def test_checkpoint_method_uses_the_models_fuse(tiny_root: Path, tmp_path: Path) -> None:
@@ -142,16 +150,16 @@ def test_checkpoint_method_uses_the_models_fuse(tiny_root: Path, tmp_path: Path)
     trainer.save_checkpoint(ckpt)
     out = tmp_path / "ckpt_eval"
     evaluate_from_config(_cfg(tiny_root, out, "method=checkpoint", f"checkpoint={ckpt}", "grid_pairs=1"), out)
-    assert not (out / "stage1").exists()  # a Stage-I model's "stage1" is its final image
+    assert not (out / SET / "stage1").exists()  # a Stage-I model's "stage1" is its final image
     module.eval()
     pair = FolderPairs(tiny_root)[0]
     batch = {"ir": torch.from_numpy(pair.ir.copy())[None, None],
              "vis": torch.from_numpy(pair.vis.copy()).permute(2, 0, 1)[None]}
     with torch.no_grad():
         want = module.fuse(batch)["final"][0].permute(1, 2, 0).numpy()
-    got = cv2.imread(str(out / "fused" / f"{NAMES[0]}.png"))[..., ::-1]
+    got = cv2.imread(str(out / SET / "fused" / f"{NAMES[0]}.png"))[..., ::-1]
     np.testing.assert_array_equal(got, np.round(want.clip(0, 1) * 255).astype(np.uint8))
-    grid = cv2.imread(str(out / "grid.png"))  # IR | VIS | final
+    grid = cv2.imread(str(out / SET / "grid.png"))  # IR | VIS | final
     assert grid.shape[1] == 3 * 320 + 2 * 2 * 4
 
 
@@ -172,10 +180,13 @@ def test_two_stage_outputs_and_masks_get_their_own_files_and_columns(tiny_root: 
         return {"stage1": baseline_fuser("avg")(batch)["final"], "final": final}
 
     out = tmp_path / "two"
-    evaluate(FolderPairs(tiny_root), two_stage, out, masks=_CentreMasks(), grid_pairs=1)
+    results = evaluate(FolderPairs(tiny_root), two_stage, out, masks=_CentreMasks(), grid_pairs=1, name=SET)
+    assert list(results[SET]) == ["n_images", "stage1", "final"]  # both outputs scored, Stage I first
+    rows = _rows(out / SET / "metrics.csv")
+    assert [r["output"] for r in rows] == ["stage1"] * 3 + ["final"] * 3
     assert seen == [16.0 * 20.0] * 3
-    assert sorted(p.name for p in (out / "stage1").iterdir()) == [f"{n}.png" for n in NAMES]
-    grid = cv2.imread(str(out / "grid.png"))  # IR | VIS | mask IR | mask VIS | Stage I | final
+    assert sorted(p.name for p in (out / SET / "stage1").iterdir()) == [f"{n}.png" for n in NAMES]
+    grid = cv2.imread(str(out / SET / "grid.png"))  # IR | VIS | mask IR | mask VIS | Stage I | final
     assert grid.shape[:2] == (256, 6 * 320 + 5 * 2 * 4)
 
 
@@ -193,16 +204,16 @@ def test_evaluate_py_entry_point(tiny_root: Path, tmp_path: Path) -> None:
                            f"output_dir={out}", "metrics=[EN,SSIM]"], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "EN=" in proc.stdout and (out / "grid.png").is_file()
-    assert [r["name"] for r in _rows(out / "metrics.csv")] == NAMES
+    assert "EN=" in proc.stdout and (out / SET / "grid.png").is_file()
+    assert [r["name"] for r in _rows(out / SET / "metrics.csv")] == NAMES
 
 
 def test_tno_subset(real_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "tno"
     cfg = compose_train(["data=tno", f"data.root={real_data / 'TNO'}", f"output_dir={out}", "max_pairs=3"],
                         config_name="evaluate")
-    means = evaluate_from_config(cfg, out)
-    rows = _rows(out / "metrics.csv")
+    means = evaluate_from_config(cfg, out)["TNO"]["final"]
+    rows = _rows(out / "TNO" / "metrics.csv")
     assert [r["name"] for r in rows] == ["01", "02", "03"]
-    assert len(list((out / "fused").iterdir())) == 3 and (out / "grid.png").is_file()
+    assert len(list((out / "TNO" / "fused").iterdir())) == 3 and (out / "TNO" / "grid.png").is_file()
     assert 0.5 < means["SSIM"] < 2.0 and means["EN"] > 5.0

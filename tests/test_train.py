@@ -41,10 +41,14 @@ def test_writes_checkpoint_marker_config_and_test_results(stage1_run):
     assert (stage1_run / "stage1" / "last.ckpt").is_file()
     assert json.loads((stage1_run / "stage1" / "DONE").read_text())["global_step"] == 3
     assert (stage1_run / "run_config.yaml").is_file()
-    metrics = json.loads((stage1_run / "test" / "metrics.json").read_text())
-    assert {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"} <= set(metrics)
-    assert all(np.isfinite(v) for v in metrics.values())
-    assert len(list((stage1_run / "test" / "fused").glob("*.png"))) == 2
+    summary = json.loads((stage1_run / "test" / "metrics.json").read_text())
+    assert list(summary["sets"]) == ["synthetic"] and summary["convention"] == "cddfuse"
+    result = summary["sets"]["synthetic"]
+    assert result["n_images"] == 2 and set(result) == {"n_images", "final"}  # Stage I alone: one output
+    assert {"EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM"} <= set(result["final"])
+    assert all(np.isfinite(v) for v in result["final"].values())
+    assert len(list((stage1_run / "test" / "synthetic" / "fused").glob("*.png"))) == 2
+    assert (stage1_run / "test" / "synthetic" / "metrics.md").is_file()
 
 
 def test_checkpoint_loads_back_and_reproduces_the_test_images(stage1_run):
@@ -57,10 +61,10 @@ def test_checkpoint_loads_back_and_reproduces_the_test_images(stage1_run):
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
+    batch = next(iter(dm.test_dataloader()[0]))
     with torch.no_grad():
         fused = model.fuse(batch)["final"][0].permute(1, 2, 0).numpy()
-    png = stage1_run / "test" / "fused" / f"{batch['name'][0]}.png"
+    png = stage1_run / "test" / "synthetic" / "fused" / f"{batch['name'][0]}.png"
     written = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
     assert np.abs(np.round(fused * 255).astype(int) - written.astype(int)).max() <= 1
 
@@ -125,9 +129,14 @@ def test_every_two_stage_experiment_trains_and_tests_end_to_end(tmp_path, experi
     run_dir = tmp_path / "checkpoints" / experiment / "e2e"
     trained = sorted(p.name for p in run_dir.iterdir() if (p / "DONE").is_file())
     assert trained == STAGE_DIRS[experiment]
-    metrics = json.loads((run_dir / "test" / "metrics.json").read_text())
-    assert {"EN", "Qabf", "SSIM", "VIF"} <= set(metrics) and all(np.isfinite(v) for v in metrics.values())
-    assert len(list((run_dir / "test" / "fused").glob("*.png"))) == 2
+    result = json.loads((run_dir / "test" / "metrics.json").read_text())["sets"]["synthetic"]
+    outputs = {"final"} if experiment == "single_stage" else {"stage1", "final"}
+    assert set(result) == {"n_images", *outputs}
+    for output in outputs:
+        values = result[output]
+        assert {"EN", "Qabf", "SSIM", "VIF"} <= set(values) and all(np.isfinite(v) for v in values.values())
+        folder = "fused" if output == "final" else output
+        assert len(list((run_dir / "test" / "synthetic" / folder).glob("*.png"))) == 2
     final = torch.load(run_dir / STAGE_DIRS[experiment][-1] / "last.ckpt", weights_only=True)
     assert final["sgdfuse_class"] == "lightning_modules.stage2.Stage2DiffusionModule"
 

@@ -36,8 +36,10 @@ def test_train_logs_offline_to_one_run_across_stages(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (proc.stdout + proc.stderr).count("logging OFFLINE") == 1
     records, media = _offline_run(tmp_path / "ck" / "stage1_only" / "w1" / "wandb")
-    for key in (b"stage1-train/loss", b"stage1-data/mask_ir_coverage", b"test/Qabf", b"test/SSIM"):
+    for key in (b"stage1-train/loss", b"stage1-data/mask_ir_coverage", b"test/synthetic/Qabf",
+                b"test/synthetic/SSIM"):
         assert key in records, key
+    assert b"test-test/" not in records  # the test stage's keys are not prefixed twice
     # the image panels (IR | VIS | masks | Stage I | final), one per logged step
     assert len(list((media / "stage1-samples").glob("panel_*.png"))) >= 3
 
@@ -56,6 +58,6 @@ def test_evaluate_logs_test_metrics_and_grid(tmp_path):
                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records, media = _offline_run(out / "wandb")
-    for key in (b"test/EN", b"test/Qabf", b"test/SSIM"):
+    for key in (b"test/folder/EN", b"test/folder/Qabf", b"test/folder/SSIM"):
         assert key in records, key
-    assert list((media / "test").glob("grid_*.png"))
+    assert list((media / "test" / "folder").glob("grid_*.png"))

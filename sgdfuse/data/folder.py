@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
+import numpy as np
 from PIL import Image
 
 from sgdfuse.data.base import DataError, Pair, PairSource
@@ -66,6 +67,7 @@ class FolderPairs(PairSource):
         self._vis = [vis_files[s] for s in stems]
         self._names = stems
         self._keys: dict[int, str] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}  # H×W per pair, filled by validate() from headers
 
     # -- standard layouts -------------------------------------------------------------------------------
     @classmethod
@@ -112,6 +114,27 @@ class FolderPairs(PairSource):
         return cls(root, "Ir", "Vis", split=split, names=chosen)
 
     @classmethod
+    def seeded_split(cls, root: str | os.PathLike, split: str = "train", val_fraction: float = 0.1,
+                     seed: int = 0, ir_dir: str = "ir", vis_dir: str = "vi") -> FolderPairs:
+        """A seeded random train / val split of one folder of pairs (e.g. ``ivif_train/RoadScene``).
+
+        The validation pairs are ``round(val_fraction · n)`` (at least 1) stems drawn by
+        ``numpy.random.default_rng(seed)``; the same seed always gives the same split, and train and val
+        never share a pair. Settings are chosen on this val split, never on a test set.
+        """
+        _check_split(split, ("train", "val"), "seeded_split")
+        if not 0.0 < val_fraction < 1.0:
+            raise DataError(f"val_fraction must be in (0, 1), got {val_fraction} (data.val_fraction)")
+        everything = cls(root, ir_dir, vis_dir, split=split)
+        stems = everything.names()
+        if len(stems) < 2:
+            raise DataError(f"{root} holds {len(stems)} pair(s): a train/val split needs at least 2.")
+        n_val = min(max(1, round(val_fraction * len(stems))), len(stems) - 1)
+        val = set(np.random.default_rng(seed).choice(stems, size=n_val, replace=False).tolist())
+        chosen = [s for s in stems if (s in val) == (split == "val")]
+        return cls(root, ir_dir, vis_dir, split=split, names=chosen)
+
+    @classmethod
     def roadscene(cls, root: str | os.PathLike) -> FolderPairs:
         """RoadScene: ``<root>/{ir,vi}`` (a test set)."""
         return cls(root, "ir", "vi", split="test")
@@ -141,9 +164,12 @@ class FolderPairs(PairSource):
         """
         unreadable: list[str] = []
         mismatched: list[str] = []
+        self.sizes = {}
         for index, name in enumerate(self._names):
             ir_path, vis_path = self.files(index)
             ir_size, vis_size = _image_size(ir_path, unreadable), _image_size(vis_path, unreadable)
+            if ir_size is not None:
+                self.sizes[name] = (ir_size[1], ir_size[0])  # H×W
             if ir_size is not None and vis_size is not None and ir_size != vis_size:
                 mismatched.append(
                     f"{name!r}: IR {ir_path.name} is {_wxh(ir_size)}, VIS {vis_path.name} is {_wxh(vis_size)}"

@@ -1,32 +1,26 @@
-"""Fuse a dataset (baseline, checkpoint or a folder of fused images) and score it as published tables do.
+"""Fuse test sets (baseline, checkpoint or a folder of fused images) and score them as published tables do.
 
-Outputs in one folder: ``fused/<name>.png`` (and ``stage1/<name>.png`` for two-stage checkpoints),
-``metrics.csv`` (one row per pair), ``metrics.md`` (mean table) and ``grid.png`` (IR | VIS | masks |
-Stage I | final for the first pairs). Every file is written atomically. Any bad pair (missing fused file,
+Outputs are those of the test stage of ``train.py`` (one path: :mod:`sgdfuse.orchestration.results`):
+per set ``<out>/<set>/fused/*.png`` (+ ``stage1/`` for two-stage checkpoints), ``metrics.csv``,
+``metrics.md`` and ``grid.png``; ``<out>/metrics.json`` over all sets. Any bad pair (missing fused file,
 size mismatch, NaN) stops the run with an error naming it, so no mean silently leaves a pair out.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from sgdfuse.atomic import atomic_write_text
 from sgdfuse.color import recombine, rgb_to_y
 from sgdfuse.data.base import DataError, PairSource
-from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis, write_png_atomic
+from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis
 from sgdfuse.masks.base import MaskSource, NoMasks
-from sgdfuse.metrics import FusionMetrics
-from sgdfuse.visualize import panel_rows
+from sgdfuse.orchestration.results import SetResults, write_summary
 
 METHODS = ("avg", "max", "folder", "checkpoint")
 Fuser = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
@@ -111,47 +105,9 @@ def iterate_batches(pairs: PairSource, masks: MaskSource, perturb: dict[str, Any
         yield collate_pairs([dataset[index]])
 
 
-# --- outputs ------------------------------------------------------------------------------------------------
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], metric_names: Sequence[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["name", *metric_names], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({"name": row["name"], **{m: f"{row[m]:.10g}" for m in metric_names}})
-    atomic_write_text(path, buf.getvalue())
-
-
-def metrics_markdown(means: dict[str, float], title: str, n_images: int, convention: str) -> str:
-    names = list(means)
-    lines = [
-        f"# {title}",
-        "",
-        f"Mean over {n_images} images; 8-bit grey scoring, convention `{convention}` (docs/metrics.md).",
-        "",
-        "| " + " | ".join(names) + " |",
-        "|" + "---:|" * len(names),
-        "| " + " | ".join(f"{means[n]:.4f}" for n in names) + " |",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_grid(path: Path, rows: Sequence[np.ndarray], height: int = 256, gap: int = 4) -> None:
-    """Stack panel rows (each scaled to ``height`` px) on a white canvas and write it as PNG."""
-    scaled = [cv2.resize(r, (max(1, round(r.shape[1] * height / r.shape[0])), height),
-                         interpolation=cv2.INTER_AREA) for r in rows]
-    width = max(r.shape[1] for r in scaled)
-    canvas = np.ones((len(scaled) * (height + gap) - gap, width, 3), dtype=np.float32)
-    for i, r in enumerate(scaled):
-        canvas[i * (height + gap): i * (height + gap) + height, : r.shape[1]] = r
-    write_png_atomic(path, canvas)
-
-
 # --- the run ------------------------------------------------------------------------------------------------
 def evaluate(
-    pairs: PairSource,
+    pairs: PairSource | dict[str, PairSource],
     fuser: Fuser,
     output_dir: str | os.PathLike,
     masks: MaskSource | None = None,
@@ -161,51 +117,43 @@ def evaluate(
     write_fused: bool = True,
     grid_pairs: int = 4,
     max_pairs: int | None = None,
-    title: str = "Fusion metrics",
-) -> dict[str, float]:
-    """Fuse and score every pair of ``pairs``; write fused PNGs, CSV, Markdown and grid; return the means."""
-    out = Path(output_dir)
+    name: str = "test",
+) -> dict[str, dict[str, Any]]:
+    """Fuse and score every pair of every set; write per-set PNGs, CSV, Markdown, grid and the summary.
+
+    ``pairs``: one source (called ``name``) or a dict of named sets. Returns ``{set: {"n_images",
+    "final": means, ...}}`` as in ``metrics.json`` (:mod:`sgdfuse.orchestration.results`).
+    """
+    sets = dict(pairs) if isinstance(pairs, dict) else {name: pairs}
     masks = masks if masks is not None else NoMasks()
-    pairs.validate()  # sizes and headers of every pair before any work
-    masks.prepare(pairs, "test")
-    scorer = FusionMetrics(metrics, convention=convention)
-    grid: list[np.ndarray] = []
-    count = len(pairs) if max_pairs is None else min(len(pairs), int(max_pairs))
-    if count == 0:
-        raise DataError(f"the dataset {pairs!r} has no pairs to evaluate")
-    batches = iterate_batches(pairs, masks, perturb, count)
-    for batch in tqdm(batches, total=count, desc="evaluate", unit="pair"):
-        outputs = dict(fuser(batch))
-        if "stage1" in outputs and torch.equal(outputs["stage1"], outputs["final"]):
-            del outputs["stage1"]  # single-stage models: no separate Stage I image or grid column
-        name = batch["name"][0]
-        scorer.update(outputs["final"], batch["ir"], batch["vis"], names=[name])
-        if write_fused:
-            for key, folder in (("final", "fused"), ("stage1", "stage1")):
-                if key in outputs:
-                    write_png_atomic(out / folder / f"{Path(name).stem}.png",
-                                     outputs[key][0].permute(1, 2, 0).cpu().numpy())
-        if len(grid) < grid_pairs:
-            shown = {k: v for k, v in batch.items() if k in ("ir", "vis")}
-            if masks.enabled:
-                shown.update(mask_ir=batch["mask_ir"], mask_vis=batch["mask_vis"])
-            grid.extend(panel_rows(shown, outputs))
-    means = {k: float(v) for k, v in scorer.compute().items()}
-    write_csv(out / "metrics.csv", scorer.per_image(), scorer.metric_names)
-    atomic_write_text(out / "metrics.md", metrics_markdown(means, title, count, convention))
-    if grid:
-        write_grid(out / "grid.png", grid)
-    return means
+    for source in sets.values():
+        source.validate()  # sizes and headers of every pair of every set before any work
+    out = Path(output_dir)
+    results: dict[str, dict[str, Any]] = {}
+    writer = None
+    for set_name, source in sets.items():
+        masks.prepare(source, f"test/{set_name}")
+        count = len(source) if max_pairs is None else min(len(source), int(max_pairs))
+        if count == 0:
+            raise DataError(f"the test set {set_name!r} ({source!r}) has no pairs to evaluate")
+        writer = SetResults(out / set_name, set_name, metrics, convention, write_images=write_fused,
+                            grid_pairs=grid_pairs, show_masks=masks.enabled)
+        for batch in tqdm(iterate_batches(source, masks, perturb, count), total=count,
+                          desc=f"evaluate {set_name}", unit="pair"):
+            writer.add(batch, fuser(batch))
+        results[set_name] = writer.finish()
+    write_summary(out, results, convention, writer.metric_names)
+    return results
 
 
-def evaluate_from_config(cfg: Any, output_dir: str | os.PathLike) -> dict[str, float]:
-    """``evaluate.py``: build the test split, masks and method from the composed config and run."""
+def evaluate_from_config(cfg: Any, output_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``evaluate.py``: build the test sets, masks and method from the composed config and run."""
     from hydra.utils import instantiate
 
     if cfg.data.get("test") is None:
         raise DataError("the data config has no test split (data.test is null); pick a dataset with one, "
                         "e.g. data=folder data.root=/path/with/ir_and_vi")
-    pairs = instantiate(cfg.data.test)
+    pairs = instantiate(cfg.data.test, _convert_="all")
     masks = instantiate(cfg.masks.source) if cfg.get("masks") else NoMasks()
     perturb_cfg = cfg.masks.get("perturb") if cfg.get("masks") else None
     perturb = None
@@ -213,7 +161,7 @@ def evaluate_from_config(cfg: Any, output_dir: str | os.PathLike) -> dict[str, f
         perturb = {"mode": perturb_cfg.mode, "kernel_size": int(perturb_cfg.kernel_size)}
     fuser = make_fuser(cfg.method, cfg.get("checkpoint"), cfg.get("fused_dir"), cfg.get("device", "cpu"))
     metric_names = list(cfg.metrics) if cfg.get("metrics") else None
-    title = f"{cfg.method} on {Path(str(cfg.data.root)).name}" if cfg.data.get("root") else str(cfg.method)
     return evaluate(pairs, fuser, output_dir, masks=masks, perturb=perturb, metrics=metric_names,
                     convention=cfg.convention, write_fused=cfg.method != "folder",
-                    grid_pairs=int(cfg.grid_pairs), max_pairs=cfg.get("max_pairs"), title=title)
+                    grid_pairs=int(cfg.grid_pairs), max_pairs=cfg.get("max_pairs"),
+                    name=str(cfg.data.get("name") or "test"))

@@ -124,8 +124,8 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_trainer(cfg: DictConfig, stage_dir: Path, stage: str, max_steps: int,
-                  **overrides: Any) -> L.Trainer:
-    callbacks = []
+                  extra_callbacks: list[L.Callback] | None = None, **overrides: Any) -> L.Trainer:
+    callbacks = list(extra_callbacks or [])
     for cb_cfg in (cfg.get("callbacks") or {}).values():
         if cb_cfg is None:
             continue
@@ -142,7 +142,9 @@ def build_logger(logger_cfg: DictConfig, stage: str) -> Logger:
     """CSV/TensorBoard: one version folder per stage. W&B: one run for all stages, keys prefixed by stage."""
     if logger_cfg._target_.endswith("WandbLogger"):
         offline = logger_cfg.get("offline")
-        return instantiate(logger_cfg, prefix=stage, offline=wandb_offline() if offline is None else offline)
+        # the test stage's keys are already test/<set>/<metric> (what sweeps optimise): no second prefix
+        return instantiate(logger_cfg, prefix="" if stage == "test" else stage,
+                           offline=wandb_offline() if offline is None else offline)
     return instantiate(logger_cfg, version=stage)
 
 
@@ -285,10 +287,18 @@ def _run_or_skip(cfg: DictConfig, stage: str, make: Callable[[], FusionModule],
 
 
 def test(cfg: DictConfig, ckpt: Path, datamodule: L.LightningDataModule) -> dict[str, float]:
-    """Score the last checkpoint on the test split (never used to pick a checkpoint)."""
+    """Score the last checkpoint on every test set (never used to pick a checkpoint).
+
+    Results go to ``<run_dir>/test/`` (see :mod:`sgdfuse.orchestration.results`); returns the flat
+    ``test/<set>/<metric>`` means that the loggers also receive.
+    """
+    from lightning_modules.callbacks import TestResults
+    from sgdfuse.orchestration.results import flat_metrics
+
     model = load_fusion_model(ckpt)
     out_dir = Path(cfg.paths.run_dir) / "test"
-    model.test_output_dir = str(out_dir)
-    trainer = build_trainer(cfg, out_dir, "test", max_steps=-1)
-    results = trainer.test(model, datamodule=datamodule)
-    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+    results = TestResults(out_dir, datamodule.test_set_names, metrics=cfg.get("test_metrics"),
+                          show_masks=datamodule.mask_channels_enabled)
+    trainer = build_trainer(cfg, out_dir, "test", max_steps=-1, extra_callbacks=[results])
+    trainer.test(model, datamodule=datamodule)
+    return flat_metrics(results.results)

@@ -27,17 +27,20 @@ def wandb_offline() -> bool:
     return not has_key
 
 
-def log_evaluation(settings: dict[str, Any], config: dict[str, Any], means: dict[str, float],
+def log_evaluation(settings: dict[str, Any], config: dict[str, Any], results: dict[str, dict[str, Any]],
                    output_dir: str | os.PathLike) -> None:
-    """One W&B run (inside a sweep: the sweep's run) with ``test/<METRIC>`` means and the comparison grid."""
+    """One W&B run (inside a sweep: the sweep's run): ``test/<set>/<METRIC>`` means and each set's grid."""
     import wandb
+
+    from sgdfuse.orchestration.results import flat_metrics
 
     settings = dict(settings)
     settings.pop("enabled", None)
     mode = "offline" if wandb_offline() else "online"
     run = wandb.init(config=config, dir=str(output_dir), mode=mode, job_type="evaluate", **settings)
-    run.log({f"test/{name}": value for name, value in means.items()})
-    grid = Path(output_dir) / "grid.png"
-    if grid.is_file():
-        run.log({"test/grid": wandb.Image(str(grid), caption="IR | VIS | masks | Stage I | final")})
+    run.log(flat_metrics(results))
+    for name in results:
+        grid = Path(output_dir) / name / "grid.png"
+        if grid.is_file():
+            run.log({f"test/{name}/grid": wandb.Image(str(grid), caption="IR | VIS | masks | outputs")})
     run.finish()
