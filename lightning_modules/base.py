@@ -42,6 +42,9 @@ class FusionModule(L.LightningModule):
             return {"optimizer": optimizer}
         scheduler_cfg = dict(scheduler_cfg)
         interval = scheduler_cfg.pop("interval", "step")
+        if "num_training_steps" in scheduler_cfg and scheduler_cfg["num_training_steps"] is None:
+            # one scheduler config serves every stage/phase: the length is this stage's max_steps
+            scheduler_cfg["num_training_steps"] = int(self.trainer.max_steps)
         scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
