@@ -15,7 +15,7 @@ diffusion; all losses use Y of (F2 + 1)/2; the final image is that Y recombined 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import DDPMScheduler
@@ -66,6 +66,10 @@ class Stage2DiffusionModule(FusionModule):
         stage1_net: Stage I's ``FusionNet`` arguments. Filled in from ``stage1_ckpt`` and saved in the
             hyperparameters, so that a Stage-II checkpoint rebuilds without the Stage-I file.
     """
+
+    #: Dict parameters holding another callable's keyword arguments (their types: config_schema).
+    KWARGS_OF: ClassVar[dict[str, Any]] = {"unet": Denoiser, "hfah": HFAH, "noise_scheduler": DDPMScheduler,
+                                           "inference": DiffusionRefiner.infer}
 
     def __init__(
         self,
