@@ -1,7 +1,9 @@
-"""Lightning callbacks: image panels and mask statistics for whichever logger is configured."""
+"""Lightning callbacks: image panels and mask statistics for whichever logger is configured, exact RNG
+resume, and the divergence guard."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -9,9 +11,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_modules import nonfinite_tensors
 from sgdfuse.data.io import write_png_atomic
 from sgdfuse.visualize import panel_rows
 
@@ -151,3 +155,48 @@ class TestResults(L.Callback):
             write_summary(self.output_dir, self.results, self.convention, names)
             for logger in trainer.loggers:
                 logger.log_metrics(flat_metrics(self.results))
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights; the message names the step and the last
+    finite checkpoint."""
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a stage at the first non-finite training loss, and never lets a checkpoint of non-finite
+    weights be written.
+
+    The loss is checked before its backward pass (so the weights of the previous step are never updated
+    with NaN gradients); under DDP one rank's NaN stops every rank at the same step. The weights are
+    checked whenever a checkpoint is assembled (``on_save_checkpoint``): a non-finite one raises before
+    the file is written, so ``ModelCheckpoint``'s rotation only ever deletes older *finite* checkpoints
+    in favour of newer finite ones, and ``last.ckpt`` stays the last finite state. Either way the stage
+    ends with :class:`DivergenceError`: the pipeline writes no ``DONE`` and a rerun resumes from the last
+    finite checkpoint.
+    """
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())  # one device sync per step
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            value = loss.detach().float().cpu().tolist() if bad else "finite here, not on another rank"
+            raise DivergenceError(f"non-finite training loss ({value}) at global step {trainer.global_step}: "
+                                  f"training stopped before this update. {_last_finite(trainer)}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        bad = nonfinite_tensors(checkpoint.get("state_dict") or {})
+        if bad:
+            names = ", ".join(bad[:4]) + (", ..." if len(bad) > 4 else "")
+            raise DivergenceError(f"non-finite weights at global step {trainer.global_step} ({names}): "
+                                  f"refusing to write a checkpoint of them. {_last_finite(trainer)}")
+
+
+def _last_finite(trainer: L.Trainer) -> str:
+    """The newest checkpoint this stage wrote or resumed from (every one of them passed the guard)."""
+    paths = [trainer.ckpt_path] if trainer.ckpt_path else []
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            paths += [callback.last_model_path, *callback.best_k_models]
+    existing = [p for p in paths if p and os.path.isfile(p)]
+    if not existing:
+        return "No checkpoint was written before: a rerun starts the stage from its first step."
+    return f"Last finite checkpoint: {max(existing, key=os.path.getmtime)}."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -23,6 +23,9 @@ class Stage1FusionModule(FusionModule):
         optimizer: a ``_target_`` dict instantiated with ``params=``.
         scheduler: optional ``_target_`` dict instantiated with ``optimizer=`` (plus ``interval``).
     """
+
+    #: Dict parameters holding another constructor's keyword arguments (their types: config_schema).
+    KWARGS_OF: ClassVar[dict[str, Any]] = {"net": FusionNet}
 
     def __init__(self, net: dict[str, Any] | None = None, loss: dict[str, float] | None = None,
                  optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None) -> None:

@@ -12,7 +12,7 @@ recombined with the VIS chroma.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import DDPMScheduler
@@ -58,6 +58,10 @@ class Stage2DiffusionModule(FusionModule):
         stage1_net: Stage I's ``FusionNet`` arguments. Filled in from ``stage1_ckpt`` and saved in the
             hyperparameters, so that a Stage-II checkpoint rebuilds without the Stage-I file.
     """
+
+    #: Dict parameters holding another callable's keyword arguments (their types: config_schema).
+    KWARGS_OF: ClassVar[dict[str, Any]] = {"unet": Denoiser, "noise_scheduler": DDPMScheduler,
+                                           "inference": DiffusionRefiner.infer}
 
     def __init__(
         self,

@@ -22,8 +22,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CHECKPOINT_MEMO = "checkpoint_sha256.json"
+
+
+class MaskCacheError(OSError):
+    """The cache folder cannot be written (read-only, full, no permission); the message says what to do."""
+
 
 # In-process memo of file hashes, keyed by (real path, mtime_ns, size): a changed file gets rehashed.
 _SHA256_MEMO: dict[tuple[str, int, int], str] = {}
@@ -123,8 +129,20 @@ class MaskCache:
         }
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **payload)  # binary masks compress to a few hundred bytes
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        self._write(path, lambda f: f.write(buffer.getvalue()))
         return path
+
+    def _write(self, path: Path, write: Callable[[IO[bytes]], None]) -> None:
+        """A cold cache must be filled: a folder that cannot be written is an error saying where to go."""
+        try:
+            atomic_write(path, write)
+        except OSError as err:
+            raise MaskCacheError(
+                f"cannot write the mask cache {self.root} ({err.strerror or err}: {path.parent}). Masks not "
+                "cached yet are computed and stored there; point the cache at a writable folder with "
+                "paths.cache_dir=/writable/dir (every cache) or masks.source.cache_dir=/writable/dir (masks "
+                "only), or fill it once where it is writable (precompute_masks.py) and read it from here."
+            ) from err
 
     # -- manifest -----------------------------------------------------------------------------------------
 
@@ -140,7 +158,8 @@ class MaskCache:
         path = self.source_dir(source_hash) / MANIFEST
         existing = self.read_manifest(source_hash)
         if existing is None or existing.get("source_hash") != source_hash:
-            atomic_write_json(path, {**manifest, "source_hash": source_hash})
+            text = json.dumps({**manifest, "source_hash": source_hash}, indent=2, sort_keys=True, default=str)
+            self._write(path, lambda f: f.write((text + "\n").encode()))
         return path
 
     # -- checkpoint identity ------------------------------------------------------------------------------
@@ -166,7 +185,10 @@ class MaskCache:
         if not isinstance(digest, str):
             digest = _sha256_of_file(real)
             # A lost update under concurrency only costs a rehash later; the file itself is always valid.
-            atomic_write_json(memo_path, {**disk_memo, disk_key: digest})
+            try:
+                atomic_write_json(memo_path, {**disk_memo, disk_key: digest})
+            except OSError as err:  # a read-only (warm) cache stays usable: the memo is only a speed-up
+                log.debug("checkpoint hash memo %s not written: %s", memo_path, err)
         _SHA256_MEMO[memo_key] = digest
         return digest
 

@@ -8,11 +8,14 @@ size mismatch, NaN) stops the run with an error naming it, so no mean silently l
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -21,6 +24,8 @@ from sgdfuse.data.base import DataError, PairSource
 from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis
 from sgdfuse.masks.base import MaskSource, NoMasks
 from sgdfuse.orchestration.results import SetResults, write_summary
+
+log = logging.getLogger(__name__)
 
 METHODS = ("avg", "max", "folder", "checkpoint")
 Fuser = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
@@ -46,7 +51,8 @@ def folder_fuser(fused_dir: str | os.PathLike) -> Fuser:
     if not folder.is_dir():
         raise DataError(f"fused_dir {folder} does not exist; pass the folder of fused images "
                         "(fused_dir=...).")
-    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    files = fused_files(folder)
+    warned: list[Path] = []
 
     def fuse(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = []
@@ -55,6 +61,8 @@ def folder_fuser(fused_dir: str | os.PathLike) -> Fuser:
             if path is None:
                 raise DataError(f"pair {name!r}: no fused image {Path(name).stem}.* in {folder}; fuse "
                                 "that pair or remove it from the dataset.")
+            if not warned and _is_8bit_in_16bit(path):
+                warned.append(path)
             images.append(torch.from_numpy(read_vis(path)).permute(2, 0, 1))
         sizes = {tuple(img.shape[-2:]) for img in images}
         if len(sizes) > 1:
@@ -62,6 +70,41 @@ def folder_fuser(fused_dir: str | os.PathLike) -> Fuser:
         return {"final": torch.stack(images).to(batch["vis"].device)}
 
     return fuse
+
+
+def fused_files(folder: Path) -> dict[str, Path]:
+    """``{stem: file}`` of the images in ``folder``; two files with one stem (``a.png``, ``a.jpg``) are an
+    error: which of them is the fused result cannot be guessed."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(p.stem, []).append(p)
+    clashes = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if clashes:
+        shown = "; ".join(", ".join(p.name for p in paths) for paths in list(clashes.values())[:5])
+        raise DataError(f"fused_dir {folder}: {len(clashes)} pair name(s) have several fused images ({shown}"
+                        f"{'; ...' if len(clashes) > 5 else ''}); keep one file per pair.")
+    return {stem: paths[0] for stem, paths in by_stem.items()}
+
+
+def _is_8bit_in_16bit(path: Path) -> bool:
+    """A 16-bit file whose values all lie in 0..255 is 8-bit data in a 16-bit container: it is scored by
+    the 16-bit rule (value / 65535), i.e. near-black, so say so (once per folder)."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        with open(path, "rb") as f:
+            header = f.read(25)  # signature, IHDR length + type, width, height, bit depth
+        if len(header) < 25 or header[24] != 16:
+            return False  # 8-bit (the usual case): no second decode
+    elif suffix not in (".tif", ".tiff"):
+        return False  # JPEG and BMP have no 16-bit form that OpenCV reads
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.dtype != np.uint16 or int(image.max(initial=0)) > 255:
+        return False
+    log.warning("fused image %s is 16-bit but holds only values 0..%d: 8-bit values saved as 16-bit? It is "
+                "scored as 16-bit (value / 65535, near-black); re-save the fused images as 8-bit PNG if so "
+                "(only the first such file is reported).", path, int(image.max(initial=0)))
+    return True
 
 
 def checkpoint_fuser(path: str | os.PathLike, device: str | torch.device = "cpu") -> Fuser:

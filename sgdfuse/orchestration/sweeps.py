@@ -2,8 +2,9 @@
 
 ``python -m sgdfuse.orchestration.sweeps sweeps/ablate_cfc.yaml [more.yaml ...]`` prints, for every grid
 point, the command a ``wandb agent`` would run and the Hydra overrides it passes, composes each with
-``configs/``, and exits non-zero with a message naming the sweep file and the offending parameter when
-one does not compose (e.g. a key that is not in the config). Nothing talks to a W&B server:
+``configs/``, type-checks it as ``train.py``/``evaluate.py`` would (``config_schema``: e.g. ``"no"`` for a
+bool), and exits non-zero with a message naming the sweep file and the offending parameter when one does
+not compose (e.g. a key that is not in the config) or has the wrong type. Nothing talks to a W&B server:
 
 - the schema check is W&B's own (``sweeps.schema_violations_from_proposed_config``);
 - the grid is enumerated by W&B's own grid search (``sweeps.next_run``), in the order the server uses;
@@ -28,6 +29,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+from sgdfuse.orchestration.config_schema import FILLED_BY_PIPELINE, SCHEMAS, config_problems
 
 with warnings.catch_warnings():
     # `sweeps` 0.3.0 still declares pydantic-v1 config names; harmless, but noisy at import
@@ -167,6 +170,10 @@ def check_sweep(path: str | Path, config_dir: Path = CONFIG_DIR) -> list[GridPoi
                 cfg = _compose(name, overrides)
             except (HydraException, OmegaConfBaseException, ValueError) as err:
                 raise SweepError(_blame(path, name, sweep, params)) from err
+            problems = list(config_problems(cfg, SCHEMAS.get(name), FILLED_BY_PIPELINE))
+            if problems:  # the checks train.py / evaluate.py apply before they write anything
+                raise SweepError(f"{path}: grid point {params} composes but is rejected by the config "
+                                 "schema:\n  " + "\n  ".join(problems))
             out.append(GridPoint(params=params, command=command, overrides=overrides, config=cfg))
     return out
 
