@@ -256,7 +256,7 @@ def test_an_explicit_stage1_ckpt_is_used_as_given(finished):
                "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
                "model.stage2.unet.attention_head_dim=4")
     validate(cfg)
-    module = build_stage2(cfg, "a", None)
+    module = build_stage2(cfg, "a", None, True)
     assert module.hparams.stage1_ckpt == str(given)
     assert module.hparams.stage1_net["channels"] == 8
     both = _cfg(root, "stages=[stage1,stage2,test]", f"model.stage2.stage1_ckpt={given}")

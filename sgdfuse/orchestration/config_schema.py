@@ -84,7 +84,8 @@ SCHEMAS: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig}
 #: Constructor arguments the pipeline sets itself when the config leaves them null (``build_logger``).
 FILLED_BY_PIPELINE: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.loggers.WandbLogger": ("offline",),
-    "lightning_modules.stage2.Stage2DiffusionModule": ("masks", "phase"),  # from the mask source, stage2_phases
+    # set from the mask source and stage2_phases
+    "lightning_modules.stage2.Stage2DiffusionModule": ("masks", "phase"),
 }
 
 
@@ -165,6 +166,7 @@ def _check_kwargs(node: DictConfig, prefix: str, obj: Callable[..., Any], name: 
     if params is None:  # no signature (a C function): nothing to check against
         return
     nested = getattr(obj, "KWARGS_OF", {}) if inspect.isclass(obj) else {}
+    inner, inner_params, inner_any = _forwarded(node, obj)
     for key in node:
         if str(key).startswith("_") and str(key).endswith("_"):  # _target_, _recursive_, _convert_, ...
             continue
@@ -172,6 +174,13 @@ def _check_kwargs(node: DictConfig, prefix: str, obj: Callable[..., Any], name: 
         if not ok:
             continue
         path = f"{prefix}.{key}"
+        if key not in params and inner_params is not None:  # **kwargs forwarded to the class in `inner`
+            if key in inner_params:
+                yield from _check_value(path, value, inner_params[key], inner)
+            elif not inner_any:
+                yield (f"{path}: neither {name} nor {inner} has a parameter {key!r}; fix the key's "
+                       "spelling or remove it")
+            continue
         if key not in params:
             if not takes_any:
                 yield (f"{path}: {name} has no parameter {key!r} (it takes: {', '.join(params)}); "
@@ -188,6 +197,22 @@ def _check_kwargs(node: DictConfig, prefix: str, obj: Callable[..., Any], name: 
                                          filled_later)
             else:
                 yield from _walk(value, path, filled_later)
+
+
+def _forwarded(node: DictConfig, obj: Any) -> tuple[str, dict[str, Any] | None, bool]:
+    """For classes that forward ``**kwargs`` to the class named by one of their keys (declared as
+    ``KWARGS_FORWARDED_TO = "<key>"``, e.g. ``ResidualHead.inner``): that class's signature."""
+    key = getattr(obj, "KWARGS_FORWARDED_TO", None) if inspect.isclass(obj) else None
+    ok, inner = _get(node, key) if key else (False, None)
+    if not ok or not isinstance(inner, str):
+        return "", None, True
+    try:
+        from hydra.utils import get_object
+
+        params, takes_any = _signature(get_object(inner))
+    except Exception:  # not importable: instantiate fails with Hydra's own message
+        return inner, None, True
+    return inner, params, takes_any
 
 
 @functools.cache

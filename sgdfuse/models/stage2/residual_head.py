@@ -31,6 +31,8 @@ class ResidualHead(nn.Module):
 
     #: The refiner passes F1 (``base``, B×3×H×W in [-1, 1]) to heads that declare this.
     needs_base = True
+    #: For the config checker: ``**inner_kwargs`` are the arguments of the class named by ``inner``.
+    KWARGS_FORWARDED_TO = "inner"
 
     def __init__(self, in_channels: Sequence[int], inner: str, max_correction: float = 0.25,
                  **inner_kwargs: Any) -> None:
