@@ -26,6 +26,7 @@ from lightning_modules import CheckpointError, FusionModule, load_fusion_model, 
 from sgdfuse.atomic import atomic_write_json, atomic_write_text
 from sgdfuse.orchestration.distributed import is_global_rank_zero
 from sgdfuse.orchestration.slurm import record_requeue_command
+from sgdfuse.orchestration.source_run import find_source_run
 from sgdfuse.orchestration.wandb_utils import wandb_offline
 
 log = logging.getLogger(__name__)
@@ -233,19 +234,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     log.info("run %s/%s in %s", cfg.experiment_name, cfg.run_id, run_dir)
+    source = find_source_run(cfg)  # test-only experiments: before the run folder exists, it may be missing
     check_run_config(cfg, run_dir)
+    if source is not None and is_global_rank_zero():
+        source.record(run_dir)
     datamodule = build_datamodule(cfg)
     exit_code = 1
     try:
-        results = _run_stages(cfg, datamodule)
+        results = _run_stages(cfg, datamodule, source.checkpoint if source else None)
         exit_code = 0
         return results
     finally:
         _finish_wandb(exit_code)
 
 
-def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
-    last_ckpt: Path | None = None
+def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule,
+                last_ckpt: Path | None = None) -> dict[str, float]:
+    """``last_ckpt``: the model a test-only run (``stages: [test]``) scores."""
     stage1_ckpt: Path | None = None
     for stage in cfg.stages:
         if stage == "stage1":
@@ -258,7 +263,8 @@ def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str,
                 previous = last_ckpt = _run_or_skip(cfg, f"stage2_{phase}", make, datamodule)
         elif stage == "test":
             if last_ckpt is None:
-                raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]).")
+                raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]), or "
+                                  "source_experiment / source_run naming the run to evaluate.")
             return test(cfg, last_ckpt, datamodule)
     return {}
 
