@@ -13,11 +13,15 @@ def test_the_experiments_the_issues_ask_for_exist():
     assert {"paper", "full", "stage1_only", "ablate_cfc"} <= set(EXPERIMENTS)
 
 
+#: Experiments whose runs carry another name: mask_robustness is mask_erode or mask_dilate by its mode.
+RUN_NAMES = {"mask_robustness": "mask_erode"}
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 @pytest.mark.parametrize("extra", [[], ["preset=cpu"], ["preset=cpu", "debug=fast"]])
 def test_every_experiment_composes_and_resolves(name, extra):
     cfg = compose_train([f"+experiment={name}", *extra])
-    assert cfg.experiment_name == name
+    assert cfg.experiment_name == RUN_NAMES.get(name, name)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert set(cfg.stages) <= {"stage1", "stage2", "test"}
 
@@ -83,8 +87,13 @@ ABLATION_CHANGES = {
     "ablate_residual": _RESIDUAL_ONLY,
     "stage1_only": {"stages"},
     "ablate_sam": {"masks.source._target_"},
-    "mask_erode": {"masks.perturb.mode"},
-    "mask_dilate": {"masks.perturb.mode"},
+    # test-time only: no training, the `full` run of the same seed is scored with perturbed test masks
+    "mask_erode": {"masks.perturb.mode", "stages", "source_experiment"},
+    "mask_dilate": {"masks.perturb.mode", "stages", "source_experiment"},
+    "mask_robustness": {"masks.perturb.mode", "stages", "source_experiment"},
+    # a model of its own, trained on perturbed masks
+    "train_mask_erode": {"masks.perturb.mode", "masks.perturb.apply_to"},
+    "train_mask_dilate": {"masks.perturb.mode", "masks.perturb.apply_to"},
     "ablate_diffusion": {"stage2_phases"},
     "ablate_hfah": {"model.stage2.head.inner", *_HFAH_ONLY},
     "single_stage": {"stages", "model.stage2.first_stage._target_"},
@@ -99,6 +108,32 @@ def test_each_ablation_changes_exactly_what_its_name_says(name):
     changed = {k for k in full.keys() | other.keys() if full.get(k) != other.get(k)}
     changed -= {"experiment_name"}
     assert changed == ABLATION_CHANGES[name]
+
+
+def test_every_experiment_but_full_is_listed_with_its_changes():
+    assert set(EXPERIMENTS) == set(ABLATION_CHANGES) | {"full"}
+
+
+@pytest.mark.parametrize("name", ["mask_erode", "mask_dilate", "mask_robustness"])
+def test_test_time_mask_experiments_train_nothing_and_score_full(name):
+    cfg = compose_train([f"+experiment={name}"])
+    assert list(cfg.stages) == ["test"] and cfg.source_experiment == "full"
+    assert list(cfg.masks.perturb.apply_to) == ["test"]
+
+
+def test_mask_robustness_runs_are_named_after_their_direction():
+    for mode in ("erode", "dilate"):
+        cfg = compose_train(["+experiment=mask_robustness", f"masks.perturb.mode={mode}"])
+        own = compose_train([f"+experiment=mask_{mode}"])
+        assert cfg.experiment_name == f"mask_{mode}"
+        assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(own, resolve=True)
+
+
+@pytest.mark.parametrize("mode", ["erode", "dilate"])
+def test_trained_mask_variants_perturb_every_split(mode):
+    cfg = compose_train([f"+experiment=train_mask_{mode}"])
+    assert cfg.masks.perturb.mode == mode and list(cfg.masks.perturb.apply_to) == ["train", "val", "test"]
+    assert "stage1" in cfg.stages and cfg.source_experiment is None
 
 
 def test_the_sam_command_of_the_data_issue_composes(tmp_path):

@@ -91,6 +91,8 @@ def test_training_sweeps_select_their_experiment_on_ddp_with_wandb_and_seeds(nam
         if kernels:
             assert cfg.masks.perturb.kernel_size == point.params["masks.perturb.kernel_size"]
             assert cfg.masks.perturb.mode == name.removeprefix("mask_")
+            # test-time ablations: evaluations of the `full` run of the same seed, no training
+            assert list(cfg.stages) == ["test"] and cfg.source_experiment == "full"
 
 
 @pytest.mark.parametrize("name", ALL_SWEEPS)
@@ -126,25 +128,43 @@ def test_ablate_cfc_composes_without_cfc(checked):
     assert all(p.config.model.stage1.net.use_cfc is True for p in checked["full"])
 
 
-def test_mask_robustness_evaluates_one_checkpoint_under_eroded_and_dilated_masks(checked):
+def test_mask_robustness_scores_the_full_run_of_each_seed_under_eroded_and_dilated_masks(checked):
     sweep = load_sweep(_sweep_file("mask_robustness"))
-    assert sweep["program"] == "evaluate.py"
+    assert sweep["program"] == "train.py"
     params = sweep["parameters"]
     assert params["masks.perturb.mode"]["values"] == ["erode", "dilate"]
-    assert params["masks.perturb.kernel_size"]["values"] == [3, 5, 7, 9, 11]
-    single = [k for k, v in params.items() if "value" in v]
-    assert len(single) == 1, "exactly one single-value parameter: the checkpoint to evaluate"
+    assert params["masks.perturb.kernel_size"]["values"] == [3, 5, 7, 9]
+    assert params["seed"]["values"] == [0, 1, 2]
     points = checked["mask_robustness"]
-    assert len(points) == 10
-    assert {(p.config.masks.perturb.mode, p.config.masks.perturb.kernel_size) for p in points} == {
-        (m, k) for m in ("erode", "dilate") for k in (3, 5, 7, 9, 11)}
-    assert len({OmegaConf.select(p.config, single[0]) for p in points}) == 1
+    assert len(points) == 24
+    grid_points = {(p.config.masks.perturb.mode, p.config.masks.perturb.kernel_size, p.config.seed)
+                   for p in points}
+    assert grid_points == {(m, k, s) for m in ("erode", "dilate") for k in (3, 5, 7, 9) for s in (0, 1, 2)}
+    for point in points:
+        cfg = point.config
+        assert point.overrides[:5] == ["+experiment=mask_robustness", "logger=wandb", "trainer=ddp",
+                                       "~preset", "~debug"]
+        assert list(cfg.stages) == ["test"] and cfg.source_experiment == "full"
+        # runs land beside the mask_erode / mask_dilate sweeps' runs, with the same config
+        assert cfg.experiment_name == f"mask_{cfg.masks.perturb.mode}"
+
+
+def test_mask_sweeps_and_the_robustness_sweep_give_identical_runs(checked):
+    def key(point):
+        cfg = OmegaConf.to_container(point.config, resolve=False)
+        cfg.pop("hydra")
+        cfg["experiment_name"] = f"mask_{point.config.masks.perturb.mode}"
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+    separate = {key(p) for name in ("mask_erode", "mask_dilate") for p in checked[name]}
+    assert {key(p) for p in checked["mask_robustness"]} == separate
 
 
 @pytest.mark.parametrize(("name", "expect"), [
     ("ablate_cfc", ["experiment_name: ablate_cfc", "seed: 0", "  batch_size: 24", "      use_cfc: false"]),
-    ("mask_robustness", ["method: checkpoint", "output_dir: {root}/outputs/mask_robustness/run7",
-                         "    mode: erode", "    kernel_size: 3"]),
+    ("mask_robustness", ["experiment_name: mask_erode", "source_experiment: full", "- test",
+                         "    mode: erode", "    kernel_size: 3",
+                         "  run_dir: {root}/checkpoints/mask_erode/None"]),
 ])
 def test_the_programs_own_command_line_accepts_the_agent_arguments(name, expect):
     """The real train.py / evaluate.py parse the exact argv the agent passes (``--cfg job`` does not run)."""

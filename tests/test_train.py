@@ -118,7 +118,7 @@ STAGE_DIRS = {
     "ablate_diffusion": ["stage1", "stage2_direct"],
     "ablate_hfah": ["stage1", "stage2_a", "stage2_b"],
     "single_stage": ["stage2_a", "stage2_b"],
-    "mask_dilate": ["stage1", "stage2_a", "stage2_b"],
+    "train_mask_dilate": ["stage1", "stage2_a", "stage2_b"],  # mask_dilate trains nothing: test_report.py
 }
 
 

@@ -38,6 +38,7 @@ from sgdfuse.models.stage2.phases import check_phase_sequence
 from sgdfuse.orchestration.config_schema import FILLED_BY_PIPELINE, ConfigError, TrainConfig, check_config
 from sgdfuse.orchestration.distributed import is_global_rank_zero
 from sgdfuse.orchestration.slurm import record_requeue_command
+from sgdfuse.orchestration.source_run import find_source_run
 from sgdfuse.orchestration.wandb_utils import wandb_offline
 
 log = logging.getLogger(__name__)
@@ -392,19 +393,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     log.info("run %s/%s in %s", cfg.experiment_name, cfg.run_id, run_dir)
+    source = find_source_run(cfg)  # test-only experiments: before the run folder exists, it may be missing
     datamodule = build_datamodule(cfg)  # a bad data config fails before the run's config is recorded
     check_run_config(cfg, run_dir)
+    if source is not None and is_global_rank_zero():
+        source.record(run_dir)
     exit_code = 1
     try:
-        results = _run_stages(cfg, datamodule)
+        results = _run_stages(cfg, datamodule, source.checkpoint if source else None)
         exit_code = 0
         return results
     finally:
         _finish_wandb(exit_code)
 
 
-def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, float]:
-    last_ckpt: Path | None = None
+def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule,
+                last_ckpt: Path | None = None) -> dict[str, float]:
+    """``last_ckpt``: the model a test-only run (``stages: [test]``) scores."""
     stage1_ckpt: Path | None = None
     for stage in cfg.stages:
         if stage == "stage1":
@@ -418,7 +423,8 @@ def _run_stages(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str,
                 previous = last_ckpt = _run_or_skip(cfg, f"stage2_{phase}", make, datamodule)
         elif stage == "test":
             if last_ckpt is None:
-                raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]).")
+                raise ConfigError("stages: `test` needs a trained stage before it (e.g. [stage1, test]), or "
+                                  "source_experiment / source_run naming the run to evaluate.")
             _keep_earlier_test_results(Path(cfg.paths.run_dir) / "test")
             return test(cfg, last_ckpt, datamodule)
     return {}
