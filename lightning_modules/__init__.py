@@ -81,8 +81,18 @@ def load_fusion_model(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path} records no sgdfuse module class (key {CLASS_KEY!r}); "
                               "it was not written by sgdfuse's train.py.")
     module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    except (ImportError, AttributeError, TypeError, KeyError, RuntimeError, ValueError) as err:
+        from sgdfuse import __version__
+
+        written = checkpoint.get("sgdfuse_version", "an unrecorded version")
+        detail = " ".join(str(err).split())
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise CheckpointError(f"{path} does not fit this code's {class_path} ({detail}). It was written by "
+                              f"sgdfuse {written}; this is sgdfuse {__version__}: use the code version "
+                              "that wrote it, or a checkpoint made with this one.") from err
     return model.eval()
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sgdfuse.color import recombine, rgb_to_y
 from sgdfuse.data.base import DataError, PairSource
-from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis
+from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis, write_png_atomic
 from sgdfuse.masks.base import MaskSource, NoMasks
 from sgdfuse.orchestration.results import SetResults, write_summary
 
@@ -208,3 +208,17 @@ def evaluate_from_config(cfg: Any, output_dir: str | os.PathLike) -> dict[str, d
                     convention=cfg.convention, write_fused=cfg.method != "folder",
                     grid_pairs=int(cfg.grid_pairs), max_pairs=cfg.get("max_pairs"),
                     name=str(cfg.data.get("name") or "test"))
+
+
+def fuse_folder(pairs: PairSource, checkpoint: str | os.PathLike, output_dir: str | os.PathLike,
+                masks: MaskSource | None = None, device: str = "cpu") -> list[Path]:
+    """``fuse.py``: the final image of every pair as ``<output_dir>/<name>.png`` (RGB, VIS colour)."""
+    fuser = checkpoint_fuser(checkpoint, device)
+    masks = masks if masks is not None else NoMasks()
+    pairs.validate()
+    masks.prepare(pairs, "fuse")
+    out, written = Path(output_dir), []
+    for batch in tqdm(iterate_batches(pairs, masks), total=len(pairs), desc="fuse", unit="pair"):
+        final = fuser(batch)["final"][0].permute(1, 2, 0).numpy()
+        written.append(write_png_atomic(out / f"{Path(batch['name'][0]).stem}.png", final))
+    return written
