@@ -13,7 +13,10 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from sgdfuse.orchestration.cpu import configure_from_config
     from sgdfuse.orchestration.evaluation import evaluate_from_config  # after Hydra parsed the command line
+
+    configure_from_config(cfg)  # torch threads per process (logged), allocator
 
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     means = evaluate_from_config(cfg, output_dir)
