@@ -160,8 +160,10 @@ def reuse_freed_memory() -> bool:
                 and libc.mallopt(_M_TRIM_THRESHOLD, 2 * _KEEP_BLOCKS_UP_TO))
 
 
-def configure(requested: int | None = None, processes: int = 1, sample_s: float = 0.1) -> ThreadPlan:
-    """Set this process's threads and allocator; returns (and logs) the thread plan."""
+def configure(requested: int | None = None, processes: int = 1, sample_s: float = 0.1,
+              keep_freed_memory: bool = True) -> ThreadPlan:
+    """Set this process's threads and (with ``keep_freed_memory``) the allocator; returns (and logs) the
+    thread plan."""
     global _exported_threads
     plan = plan_threads(requested, processes, sample_s=sample_s)
     torch.set_num_threads(plan.threads)
@@ -172,7 +174,8 @@ def configure(requested: int | None = None, processes: int = 1, sample_s: float 
         cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - OpenCV is a dependency
         pass
-    allocator = "large blocks kept in the heap" if reuse_freed_memory() else "allocator unchanged"
+    kept = keep_freed_memory and reuse_freed_memory()
+    allocator = "large blocks kept in the heap" if kept else "allocator unchanged"
     log.info("CPU: %d torch thread(s) per process (%s); %s", plan.threads, plan.reason, allocator)
     return plan
 
