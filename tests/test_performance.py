@@ -102,3 +102,16 @@ def test_performance_callback_is_in_the_default_callbacks() -> None:
     cfg = compose_train(["callbacks.performance.compile=[net,refiner.denoiser]"])
     assert cfg.callbacks.performance._target_ == "lightning_modules.performance.PerformanceTuning"
     assert list(cfg.callbacks.performance.compile) == ["net", "refiner.denoiser"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_gpu_loader_settings_reach_the_dataloader(tmp_path, workers: int) -> None:
+    from sgdfuse.orchestration.pipeline import build_datamodule
+
+    cfg = compose_train(["trainer=gpu", f"data.num_workers={workers}", "data.train.num_pairs=4",
+                         f"paths.cache_dir={tmp_path}"])
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.pin_memory is True and loader.num_workers == workers
+    assert loader.persistent_workers is (workers > 0)  # torch refuses persistent workers without workers
