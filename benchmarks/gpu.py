@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of configs/train.yaml")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    cpu.configure(args.threads)
+    plan = cpu.configure(args.threads)
     device = torch.device(args.device)
     cfg = compose_config(args.tiny, args.overrides)
     steps = args.steps or (2 if args.tiny else 10)
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(), "torch": torch.__version__, "tiny": args.tiny,
-        "peak_bf16_tflops": peak, "overrides": ["masks=sam", *(TINY_OVERRIDES if args.tiny else []),
-                                               *args.overrides],
+        "peak_bf16_tflops": peak, "cpu_threads": plan.threads, "cpu_threads_reason": plan.reason,
+        "overrides": ["masks=sam", *(TINY_OVERRIDES if args.tiny else []), *args.overrides],
         "train": [], "inference": [], "sam": None,
     }
     rows = [(stage, precision, False) for stage in ("stage1", "stage2_a", "stage2_b")

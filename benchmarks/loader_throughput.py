@@ -112,12 +112,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cpu.configure(args.threads)
+    plan = cpu.configure(args.threads)
     if not Path(args.root).is_dir():
         sys.exit(f"--root {args.root}: no such folder of pairs (<root>/ir, <root>/vi)")
     cfg, dm = build_datamodule(args.root, args.overrides)
     print(f"# {len(dm.datasets['train'])} pairs in {args.root}, batch {dm.batch_size} × {dm.crop_size}², "
-          f"{cpu.allowed_cores()} allowed cores, load average {os.getloadavg()[0]:.1f}\n")
+          f"{cpu.allowed_cores()} allowed cores, {plan.threads} torch thread(s) in the main process "
+          f"({plan.reason}), load average {os.getloadavg()[0]:.1f}\n")
     loads = [loader_rate(dm, w, args.batches) for w in args.workers]
     steps = [step_rate(cfg, stage, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
              for stage in args.steps]
