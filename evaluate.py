@@ -14,9 +14,11 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from sgdfuse.orchestration.config_schema import EvaluateConfig, check_config
+    from sgdfuse.orchestration.cpu import configure_from_config
     from sgdfuse.orchestration.evaluation import evaluate_from_config  # after Hydra parsed the command line
 
     check_config(cfg, EvaluateConfig)  # wrong types and bool-like strings fail before anything is written
+    configure_from_config(cfg)  # torch threads per process (logged), allocator
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
     results = evaluate_from_config(cfg, output_dir)
     if cfg.wandb.enabled:

@@ -19,6 +19,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
+    from sgdfuse.orchestration.cpu import configure_from_config
+
+    configure_from_config(cfg)  # torch threads per process (logged), allocator
     source = instantiate(cfg.masks.source)
     rows = []
     start = time.perf_counter()

@@ -27,6 +27,7 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from sgdfuse.data.synthetic import SyntheticPairs
 from sgdfuse.masks.sam import SamMasks
+from sgdfuse.orchestration import cpu
 
 
 @dataclass
@@ -112,7 +113,10 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--crop-n-layers", type=int, default=0)
     parser.add_argument("--skip-vit-b", action="store_true", help="tiny SAM only (ViT-B takes minutes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cpu.configure)")
     args = parser.parse_args()
+    plan = cpu.configure(args.threads)  # threads from the idle cores, allocator
+    print(f"torch threads: {plan.threads} ({plan.reason})")
 
     models: list[tuple[str, dict[str, Any] | None, str]] = [
         ("tiny SAM (random)", {"_target_": "sgdfuse.masks.tiny_sam.build_tiny_sam"}, "vit_b"),

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from sgdfuse.models.stage1 import FusionNet
 from sgdfuse.models.stage2 import HFAH, Denoiser
+from sgdfuse.orchestration import cpu
 
 #: name -> (Denoiser kwargs, HFAH kwargs), as in configs/model/stage2/default.yaml and the CPU preset.
 SMALL_HFAH = {"level_channels": 16, "hidden_channels": (16, 16)}
@@ -88,7 +89,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per measurement (best is kept)")
     parser.add_argument("--only", choices=sorted(UNETS), action="append", help="benchmark only these UNets")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cpu.configure)")
     args = parser.parse_args()
+    cpu.configure(args.threads)  # threads from the idle cores (logged), allocator
     h, w = args.height, args.width
     print(f"# Stage II inference, {w}×{h}, batch 1, {torch.get_num_threads()} CPU thread(s), "
           f"torch {torch.__version__}\n")

@@ -40,6 +40,7 @@ class IVIFDataModule(L.LightningDataModule):
             the splits in ``apply_to`` are eroded/dilated when loaded (the paper's robustness test).
         batch_size, crop_size: training batches of random ``crop_size``² crops with flips.
         val_batch_size: validation/test batch size; full images of different sizes need 1.
+        persistent_workers: keep loader workers alive between epochs (only with ``num_workers > 0``).
         seed: seeds the training shuffle and the augmentations.
         root, test_root: dataset roots the split configs share (``${..root}``); kept only to be logged
             with the hyperparameters.
@@ -57,6 +58,7 @@ class IVIFDataModule(L.LightningDataModule):
         val_batch_size: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
         seed: int = 0,
         root: str | None = None,
         test_root: str | None = None,
@@ -82,6 +84,7 @@ class IVIFDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
         self.seed = int(seed)
         self.save_hyperparameters(ignore=["train", "val", "test", "mask_source"])
         self.hparams["test_sets"] = list(self.test_sets)
@@ -192,7 +195,7 @@ class IVIFDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=collate_pairs,
-            persistent_workers=False,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
 

@@ -51,6 +51,10 @@ class TrainConfig(TypedDict, total=False):
     stage2_phases: list[str]
     steps: dict[str, int]
     paths: dict[str, str]
+    test_metrics: list[str] | None
+    threads: int | None
+    source_experiment: str | None
+    source_run: str | None
 
 
 class EvaluateWandb(TypedDict, total=False):
@@ -77,6 +81,7 @@ class EvaluateConfig(TypedDict, total=False):
     experiment_name: str
     run_id: str | int | None
     paths: dict[str, str]
+    threads: int | None
 
 
 #: Program config name (``train.py`` -> ``train``) -> its top-level schema.

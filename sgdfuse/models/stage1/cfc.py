@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sgdfuse.models.stage1.layout import merge_pointwise
+
 
 class CFC(nn.Module):
     """Bidirectional cross-modal feature calibration of two B×C×H×W feature maps.
@@ -49,7 +51,9 @@ class CFC(nn.Module):
 
     def spatial_weights(self, f_ir: torch.Tensor, f_vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_V^S, W_R^S), each B×1×H×W in (0, 1), from the concatenated streams."""
-        w_vis, w_ir = torch.sigmoid(self.spatial_proj(torch.cat([f_vis, f_ir], dim=1))).chunk(2, dim=1)
+        first, relu, last = self.spatial_proj
+        hidden = relu(merge_pointwise(first, [f_vis, f_ir]))  # = first(cat([f_vis, f_ir])), no concat
+        w_vis, w_ir = torch.sigmoid(last(hidden)).chunk(2, dim=1)
         return w_vis, w_ir
 
     def forward(self, f_ir: torch.Tensor, f_vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +63,8 @@ class CFC(nn.Module):
             )
         wc_vis, wc_ir = self.channel_weights(f_ir, f_vis)
         ws_vis, ws_ir = self.spatial_weights(f_ir, f_vis)
-        # Each stream receives the other one, weighted by the other one's calibration weights.
-        f_vis_out = f_vis + (self.lambda_c * wc_ir + self.lambda_s * ws_ir) * f_ir
-        f_ir_out = f_ir + (self.lambda_c * wc_vis + self.lambda_s * ws_vis) * f_vis
+        # Each stream receives the other one, weighted by the other one's calibration weights; two
+        # broadcast multiply-adds instead of materialising the full-size weight map (λc·W^C + λs·W^S).
+        f_vis_out = torch.addcmul(f_vis, f_ir, self.lambda_c * wc_ir).addcmul_(f_ir, self.lambda_s * ws_ir)
+        f_ir_out = torch.addcmul(f_ir, f_vis, self.lambda_c * wc_vis).addcmul_(f_vis, self.lambda_s * ws_vis)
         return f_ir_out, f_vis_out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sgdfuse.models.stage1.layout import merge_pointwise
 from sgdfuse.models.stage1.transformer_block import LayerNorm2d, TransposedAttention
 
 
@@ -37,6 +38,6 @@ class CrossAttentionFusion(nn.Module):
                 f"and VIS {tuple(f_vis.shape)}"
             )
         n_ir, n_vis = self.norm_ir(f_ir), self.norm_vis(f_vis)
-        ir = f_ir + self.ir_from_vis(n_ir, context=n_vis)
-        vis = f_vis + self.vis_from_ir(n_vis, context=n_ir)
-        return self.merge(torch.cat([ir, vis], dim=1))
+        ir = self.ir_from_vis(n_ir, context=n_vis, residual=f_ir)
+        vis = self.vis_from_ir(n_vis, context=n_ir, residual=f_vis)
+        return merge_pointwise(self.merge, [ir, vis])  # = merge(cat([ir, vis])), no concat

@@ -4,7 +4,7 @@ IR (1 channel) and the visible luminance Y each go through a shallow 3×3 conv t
 ``num_stages`` stages of MSFEM (IR) and Transformer Block (VIS), each stage followed by CFC when
 ``use_cfc`` (DSIFuse 3.2; not in SGDFuse). Bidirectional cross-attention fuses the streams and 3×3 convs
 decode the fused luminance Y_f in [0, 1]. Every layer keeps H×W, so any size (odd ones too) works
-without padding.
+without padding. Features are kept channels-last from the stems on (``layout.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 from sgdfuse.color import rgb_to_y
 from sgdfuse.models.stage1.cfc import CFC
 from sgdfuse.models.stage1.cross_attention_fusion import CrossAttentionFusion
+from sgdfuse.models.stage1.layout import to_channels_last
 from sgdfuse.models.stage1.msfem import MSFEM
 from sgdfuse.models.stage1.transformer_block import TransformerBlock
 
@@ -89,10 +90,10 @@ class FusionNet(nn.Module):
 
     def forward(self, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
         self._check_inputs(ir, vis)
-        f_ir = self.ir_stem(ir)
-        f_vis = self.vis_stem(rgb_to_y(vis))
+        f_ir = to_channels_last(self.ir_stem(ir))
+        f_vis = to_channels_last(self.vis_stem(rgb_to_y(vis)))
         for i, (msfem, block) in enumerate(zip(self.ir_stages, self.vis_stages, strict=True)):
             f_ir, f_vis = msfem(f_ir), block(f_vis)
             if self.cfc is not None:
                 f_ir, f_vis = self.cfc[i](f_ir, f_vis)
-        return self.decoder(self.fusion(f_ir, f_vis))
+        return self.decoder(self.fusion(f_ir, f_vis)).contiguous()

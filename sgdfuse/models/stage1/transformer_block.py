@@ -16,6 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgdfuse.models.stage1.layout import (
+    from_tokens,
+    merge_pointwise,
+    pointwise_weight,
+    split_pointwise_depthwise,
+    tokens,
+)
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of each pixel of a B×C×H×W map (Restormer's "WithBias" norm)."""
@@ -55,19 +63,37 @@ class TransposedAttention(nn.Module):
         self.softmax = nn.Softmax(dim=-1)
         self.project_out = nn.Conv2d(channels, channels, 1, bias=False)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries from ``x``, keys/values from ``context`` (``x`` itself when None); ``residual`` (a map
+        like ``x``) is added to the result inside the output projection's GEMM."""
         b, c, h, w = x.shape
-        return x.reshape(b, self.num_heads, c // self.num_heads, h * w)
+        heads = self.num_heads
+        q = tokens(self.to_q(x))  # B×N×C
+        kv_source = x if context is None else context
+        k, v = (tokens(t) for t in split_pointwise_depthwise(self.to_kv, kv_source, 2))  # = to_kv(.).chunk
+        # softmax(q̂ k̂ᵀ τ) with q̂, k̂ the rows L2-normalised over the N positions (F.normalize, eps 1e-12)
+        # equals softmax(q kᵀ / (|q| |k|ᵀ) τ): the normalisation acts on the small C/h × C/h matrix
+        # instead of rewriting q and k at full size.
+        logits = _per_head(q, heads) @ _per_head(k, heads).transpose(-2, -1)  # B×h×(C/h)×(C/h)
+        norms = _l2_over_positions(q).view(b, heads, -1, 1) * _l2_over_positions(k).view(b, heads, 1, -1)
+        attn = self.softmax(logits / norms * self.temperature)
+        # project_out(attn @ v) = v · (W_out · blockdiag(attn))ᵀ: one C×C matrix per sample, one GEMM
+        w_out = pointwise_weight(self.project_out).view(c, heads, -1)
+        mix_t = torch.einsum("ohi,bhij->bhjo", w_out, attn).reshape(b, c, c).to(v.dtype)
+        out = v @ mix_t if residual is None else torch.baddbmm(tokens(residual), v, mix_t)
+        return from_tokens(out, h, w)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Queries from ``x``, keys/values from ``context`` (``x`` itself when None)."""
-        b, c, h, w = x.shape
-        k, v = self.to_kv(x if context is None else context).chunk(2, dim=1)
-        q = F.normalize(self._split_heads(self.to_q(x)), dim=-1)
-        k = F.normalize(self._split_heads(k), dim=-1)
-        attn = self.softmax(q @ k.transpose(-2, -1) * self.temperature)  # B×h×(C/h)×(C/h)
-        out = attn @ self._split_heads(v)
-        return self.project_out(out.reshape(b, c, h, w))
+
+def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """B×N×C tokens -> B×h×(C/h)×N (a view)."""
+    return t.unflatten(-1, (heads, -1)).permute(0, 2, 3, 1)
+
+
+def _l2_over_positions(t: torch.Tensor) -> torch.Tensor:
+    """B×C: the L2 norm over the N positions of every channel, in float32, at least 1e-12."""
+    t = t.float()
+    return (t * t).sum(1).sqrt().clamp_min(1e-12)
 
 
 class GatedDconvFeedForward(nn.Module):
@@ -79,9 +105,9 @@ class GatedDconvFeedForward(nn.Module):
         self.project_in = _pointwise_depthwise(channels, 2 * hidden)
         self.project_out = nn.Conv2d(hidden, channels, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.project_in(x).chunk(2, dim=1)
-        return self.project_out(F.gelu(gate) * value)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        gate, value = split_pointwise_depthwise(self.project_in, x, 2)  # = self.project_in(x).chunk(2, 1)
+        return merge_pointwise(self.project_out, [F.gelu(gate) * value], residual)
 
 
 class TransformerBlock(nn.Module):
@@ -101,5 +127,5 @@ class TransformerBlock(nn.Module):
         self.ffn = GatedDconvFeedForward(channels, ffn_expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x))
-        return x + self.ffn(self.norm_ffn(x))
+        x = self.attn(self.norm_attn(x), residual=x)
+        return self.ffn(self.norm_ffn(x), residual=x)
