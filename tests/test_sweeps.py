@@ -34,7 +34,7 @@ from sgdfuse.orchestration.sweeps import (
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPO / "sweeps"
 EXPERIMENTS = ["paper", "full", "ablate_sam", "ablate_cfc", "mask_erode", "mask_dilate", "ablate_diffusion",
-               "ablate_hfah", "single_stage"]
+               "ablate_hfah", "ablate_residual", "single_stage"]
 ALL_SWEEPS = [*EXPERIMENTS, "mask_robustness"]
 TRAIN_DEFAULTS = OmegaConf.load(CONFIG_DIR / "train.yaml")
 STAGE2_DEFAULTS = OmegaConf.load(CONFIG_DIR / "model" / "stage2" / "default.yaml")
@@ -451,3 +451,12 @@ def test_submitit_launcher_config_composes_and_submits_one_ddp_job_per_run(tmp_p
                  "export SGDFUSE_RUN_ID=slurm-$SLURM_JOB_ID"):
         assert line in script
     assert "srun " in script
+
+
+@pytest.mark.parametrize("name", ALL_SWEEPS)
+def test_sweep_metric_is_a_key_the_test_stage_logs(name, checked):
+    """The test stage logs test/<set>/<metric> with the set named by data.name: the sweep must use it."""
+    sweep = load_sweep(_sweep_file(name))
+    sets = {p.config.data.name for p in checked[name]}
+    assert len(sets) == 1
+    assert sweep["metric"]["name"] == f"test/{sets.pop()}/Qabf"
