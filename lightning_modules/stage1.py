@@ -11,8 +11,6 @@ from sgdfuse.color import recombine, rgb_to_y
 from sgdfuse.losses import fusion_loss
 from sgdfuse.models.stage1 import FusionNet
 
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 1e-4}
-
 
 class Stage1FusionModule(FusionModule):
     """Trains :class:`FusionNet` with the intensity + Sobel-gradient loss on luminance.
@@ -32,8 +30,8 @@ class Stage1FusionModule(FusionModule):
         super().__init__()
         self.save_hyperparameters({
             "net": dict(net or {}),
-            "loss": dict(loss or {"w_int": 1.0, "w_grad": 1.0}),
-            "optimizer": dict(optimizer or DEFAULT_OPTIMIZER),
+            "loss": dict(loss or {}),  # defaults: fusion_loss's signature (and the YAML)
+            "optimizer": dict(optimizer or {"_target_": "torch.optim.Adam"}),
             "scheduler": dict(scheduler) if scheduler else None,
         })
         self.net = FusionNet(**self.hparams.net)
