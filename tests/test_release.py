@@ -102,3 +102,17 @@ def test_fuse_py_names_a_missing_checkpoint(tmp_path):
     proc = run_script("fuse.py", f"input={pairs}", f"output={tmp_path}/out",
                       f"checkpoint={tmp_path}/nope.ckpt", f"hydra.run.dir={tmp_path}/hydra")
     assert proc.returncode != 0 and "nope.ckpt" in proc.stderr
+
+
+def test_the_committed_release_loads_with_weights_only_and_starts_from_its_stage1():
+    path = Path(__file__).resolve().parents[1] / "release" / "sgdfuse-cpu-real" / "model.ckpt"
+    content = torch.load(path, weights_only=True)
+    assert content["sgdfuse_class"] == "lightning_modules.stage2.Stage2DiffusionModule"
+    model = load_fusion_model(path)
+    assert model.hparams.masks and model.hparams.head["_target_"].endswith("ResidualHead")
+    batch = make_batch(b=1, h=40, w=56, seed=3)
+    with torch.no_grad():
+        out = model.fuse(batch)
+    assert out["final"].shape == out["stage1"].shape == (1, 3, 40, 56)
+    # the residual head's correction is bounded by max_correction / 2 in [0, 1] luminance
+    assert (out["final"] - out["stage1"]).abs().max() <= model.hparams.head["max_correction"] / 2 + 1e-3
