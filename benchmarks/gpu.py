@@ -62,8 +62,8 @@ TINY_OVERRIDES = [
     "preset=cpu", "model.stage1.net.channels=8", "model.stage1.net.num_stages=1",
     "model.stage1.net.num_heads=2",
     "model.stage2.unet.block_out_channels=[8,16]", "model.stage2.unet.norm_num_groups=4",
-    "model.stage2.unet.attention_head_dim=4", "model.stage2.hfah.level_channels=8",
-    "model.stage2.hfah.hidden_channels=[8,8]", "data.batch_size=2", "data.crop_size=32", "masks=sam_tiny",
+    "model.stage2.unet.attention_head_dim=4", "model.head_widths.level_channels=8",
+    "model.head_widths.hidden_channels=[8,8]", "data.batch_size=2", "data.crop_size=32", "masks=sam_tiny",
 ]
 
 
@@ -130,7 +130,7 @@ def build_module(cfg: DictConfig, stage: str, device: torch.device) -> torch.nn.
         module = instantiate(cfg.model.stage1)
     else:
         stage1_net = OmegaConf.to_container(cfg.model.stage1.net, resolve=True)
-        module = instantiate(cfg.model.stage2, phase=stage.split("_")[1], stage1_ckpt=None,
+        module = instantiate(cfg.model.stage2, phase=stage.split("_")[1], stage1_ckpt=None, masks=True,
                              stage1_net=stage1_net)
     return module.to(device).to(memory_format=torch.channels_last)
 

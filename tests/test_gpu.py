@@ -22,7 +22,7 @@ def _paper_stage2(phase: str) -> torch.nn.Module:
     """Stage II exactly as configs/ compose it for a paper run (Stage I from its config, untrained)."""
     cfg = compose_train([])
     stage1_net = dict(cfg.model.stage1.net)
-    return instantiate(cfg.model.stage2, phase=phase, stage1_ckpt=None, stage1_net=stage1_net)
+    return instantiate(cfg.model.stage2, phase=phase, stage1_ckpt=None, stage1_net=stage1_net, masks=True)
 
 
 @RunIf(min_gpus=1, bf16=True)

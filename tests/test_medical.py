@@ -117,11 +117,13 @@ def test_evaluate_writes_fused_files_with_the_vis_chroma(tmp_path):
                          "metrics=[EN,SSIM]"], config_name="evaluate")
     evaluate_from_config(cfg, out)
     for name in ("11", "12"):
-        fused = cv2.cvtColor(cv2.imread(str(out / "fused" / f"{name}.png")), cv2.COLOR_BGR2YCrCb).astype(int)
+        fused = cv2.imread(str(out / "MRI_PET" / "fused" / f"{name}.png"))  # <out>/<set>/fused/
+        fused = cv2.cvtColor(fused, cv2.COLOR_BGR2YCrCb).astype(int)
         pet = cv2.cvtColor(cv2.imread(str(root / "PET" / f"{name}.png")), cv2.COLOR_BGR2YCrCb).astype(int)
         assert np.abs(fused[..., 1:] - pet[..., 1:]).max() <= 1  # 8-bit rounding of R, G, B only
         assert np.abs(fused[..., 0] - pet[..., 0]).mean() > 10  # the luminance is the fused one
-    assert (out / "grid.png").is_file() and (out / "metrics.md").read_text().startswith("# avg on MRI_PET")
+    assert (out / "MRI_PET" / "grid.png").is_file()
+    assert (out / "MRI_PET" / "metrics.md").read_text().startswith("# MRI_PET")
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

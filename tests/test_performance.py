@@ -18,7 +18,9 @@ TINY_STAGE2 = {
     "stage1_net": TINY_STAGE1,
     "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "dropout": 0.0, "attention_head_dim": 8,
              "norm_num_groups": 4},
-    "hfah": {"level_channels": 8, "hidden_channels": [8, 8], "ratio": 4},
+    "head": {"_target_": "sgdfuse.models.stage2.hfah.HFAH", "level_channels": 8, "hidden_channels": [8, 8],
+             "ratio": 4},
+    "masks": True,
     "feature_timesteps": [5, 50],
 }
 NO_LOG = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
@@ -109,7 +111,7 @@ def test_gpu_loader_settings_reach_the_dataloader(tmp_path, workers: int) -> Non
     from sgdfuse.orchestration.pipeline import build_datamodule
 
     cfg = compose_train(["trainer=gpu", f"data.num_workers={workers}", "data.train.num_pairs=4",
-                         f"paths.cache_dir={tmp_path}"])
+                         "data.batch_size=2", f"paths.cache_dir={tmp_path}"])
     dm = build_datamodule(cfg)
     dm.setup("fit")
     loader = dm.train_dataloader()

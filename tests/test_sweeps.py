@@ -63,7 +63,7 @@ def checked() -> _Checked:
 def test_sweep_file_is_a_valid_wandb_sweep(name):
     sweep = load_sweep(_sweep_file(name))  # raises on any schema violation
     assert sweep["method"] == "grid"
-    assert sweep["metric"] == {"name": "test/Qabf", "goal": "maximize"}
+    assert sweep["metric"] == {"name": "test/synthetic/Qabf", "goal": "maximize"}
     assert sweep["command"][0] == "${env}" and "${args_no_hyphens}" in sweep["command"]
     launch = sweep["command"].index("scripts/launch.sh")
     assert sweep["command"][launch - 1:launch + 2] == ["bash", "scripts/launch.sh", "${program}"]

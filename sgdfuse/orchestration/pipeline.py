@@ -47,7 +47,7 @@ STAGES = ("stage1", "stage2", "test")
 MARKER = "DONE"
 RUN_ID_ENV = "SGDFUSE_RUN_ID"
 #: Hyperparameters the pipeline sets per stage, not compared between a checkpoint and the config.
-SET_PER_STAGE = ("phase", "stage1_ckpt", "stage1_net")
+SET_PER_STAGE = ("phase", "stage1_ckpt", "stage1_net", "masks")  # masks: from the mask source
 
 
 def resolve_run_id(cfg: DictConfig) -> str:
