@@ -1,6 +1,6 @@
 """Training batches per second from a real folder of pairs against the training step rate (goal: ≥ 3×).
 
-    python benchmarks/loader_throughput.py [--root ../shared/data/ivif_train/RoadScene] [--workers 0 1 2]
+    python benchmarks/loader_throughput.py --root /data/RoadScene_train [--workers 0 1 2]
         [--batches 20] [--steps stage1] [--gpu-json benchmarks/results/gpu.json] [overrides ...]
 
 The DataModule is built from the real configs exactly as ``train.py trainer=gpu data=folder
@@ -104,7 +104,7 @@ def step_rate(cfg, stage: str, device: torch.device, steps: int = 2) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "ivif_train" / "RoadScene"))
+    parser.add_argument("--root", required=True, help="a folder of pairs (<root>/ir, <root>/vi)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--steps", nargs="*", default=["stage1"], choices=["stage1", "stage2_a"])

@@ -57,7 +57,7 @@ class FusionModule(L.LightningModule):
     # --- test loop: the named outputs; the TestResults callback scores and writes them -------------
     def test_step(self, batch: dict[str, Any], batch_idx: int,
                   dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        return {k: v.float().clamp(0, 1) for k, v in self.fuse(batch).items()}
+        return self.fuse(batch)  # SetResults scores and writes them (clamped to [0, 1] there)
 
     # --- checkpoint identity ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from sgdfuse.orchestration.run_folders import training_stages  # noqa: F401 - one definition, re-exported
+
 log = logging.getLogger(__name__)
 
 
@@ -31,17 +33,6 @@ def format_duration(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
-
-
-def training_stages(stages: Sequence[str], stage2_phases: Sequence[str]) -> list[str]:
-    """The run's training stages in order, named like ``steps.*`` (stage1, stage2_a, ...)."""
-    names: list[str] = []
-    for stage in stages:
-        if stage == "stage1":
-            names.append("stage1")
-        elif stage == "stage2":
-            names.extend(f"stage2_{phase}" for phase in stage2_phases)
-    return names
 
 
 class TimeEstimate(Callback):

@@ -1,7 +1,7 @@
 """Medical fusion table: run ``evaluate.py`` on the three Harvard sets and print (or fill in) README rows.
 
-    python scripts/medical_table.py --root ../shared/data/mif_real                     # avg and max rows
-    python scripts/medical_table.py --root ../shared/data/mif_real --method checkpoint \\
+    python scripts/medical_table.py --root /data/mif_real                     # avg and max rows
+    python scripts/medical_table.py --root /data/mif_real --method checkpoint \\
         --checkpoint checkpoints/<experiment>/<run_id>/stage2_b/last.ckpt --masks none \\
         --label "released model, zero-shot" --replace-pending README.md
 

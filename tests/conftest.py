@@ -18,13 +18,17 @@ os.environ.setdefault("PROJECT_ROOT", str(REPO))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def real_data_root() -> Path | None:
-    """``$SGDFUSE_REAL_DATA`` or ``<repo>/../shared/data/ivif_real`` (TNO + RoadScene), if present."""
-    candidates = [os.environ.get("SGDFUSE_REAL_DATA"), REPO.parent / "shared" / "data" / "ivif_real"]
-    for c in candidates:
-        if c and (Path(c) / "TNO").is_dir():
+def shared_data_root(env: str, name: str, required: tuple[str, ...]) -> Path | None:
+    """``$env`` or ``<repo>/../shared/data/<name>``, the first holding every folder of ``required``."""
+    for c in (os.environ.get(env), REPO.parent / "shared" / "data" / name):
+        if c and all((Path(c) / sub).is_dir() for sub in required):
             return Path(c)
     return None
+
+
+def real_data_root() -> Path | None:
+    """``$SGDFUSE_REAL_DATA`` or ``<repo>/../shared/data/ivif_real`` (TNO + RoadScene), if present."""
+    return shared_data_root("SGDFUSE_REAL_DATA", "ivif_real", ("TNO",))
 
 
 @pytest.fixture
@@ -57,6 +61,21 @@ TINY_STAGE2 = [
     "model.stage2.unet.attention_head_dim=4", "model.head_widths.level_channels=8",
     "model.head_widths.hidden_channels=[8,8]",
 ]
+
+
+#: Keyword arguments of tiny Stage-I / Stage-II modules for direct construction in tests.
+TINY_STAGE1_NET = {"channels": 8, "num_stages": 1, "num_heads": 2}
+TINY_STAGE2_ARGS = {
+    "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "dropout": 0.0, "attention_head_dim": 8,
+             "norm_num_groups": 4},
+    "head": {"_target_": "sgdfuse.models.stage2.hfah.HFAH", "level_channels": 8, "hidden_channels": [8, 8],
+             "ratio": 4},
+    "masks": True,
+    "feature_timesteps": [5, 50],
+}
+#: A quiet CPU Trainer for unit tests.
+NO_LOG = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+          "enable_model_summary": False}
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from sgdfuse.data.base import DataError
 from sgdfuse.data.folder import FolderPairs
 from sgdfuse.data.io import read_ir
 from sgdfuse.orchestration.evaluation import baseline_fuser, evaluate_from_config
-from tests.conftest import REPO, compose_train
+from tests.conftest import REPO, compose_train, shared_data_root
 
 #: set folder -> (data config, functional folder, pairs, functional image is colour)
 SETS = {
@@ -29,10 +28,7 @@ SETS = {
 
 def mif_root() -> Path | None:
     """``$SGDFUSE_MIF_DATA`` or ``<repo>/../shared/data/mif_real`` (holding MRI_CT/ MRI_PET/ MRI_SPECT/)."""
-    for c in (os.environ.get("SGDFUSE_MIF_DATA"), REPO.parent / "shared" / "data" / "mif_real"):
-        if c and all((Path(c) / s).is_dir() for s in SETS):
-            return Path(c)
-    return None
+    return shared_data_root("SGDFUSE_MIF_DATA", "mif_real", tuple(SETS))
 
 
 @pytest.fixture

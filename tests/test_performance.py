@@ -11,20 +11,10 @@ from torch.utils.data import DataLoader
 from lightning_modules.performance import DEFAULT_COMPILE, PerformanceTuning, submodule
 from lightning_modules.stage1 import Stage1FusionModule
 from lightning_modules.stage2 import Stage2DiffusionModule
-from tests.conftest import compose_train, make_batch
+from tests.conftest import NO_LOG, TINY_STAGE1_NET, TINY_STAGE2_ARGS, compose_train, make_batch
 
-TINY_STAGE1 = {"channels": 8, "num_stages": 1, "num_heads": 2}
-TINY_STAGE2 = {
-    "stage1_net": TINY_STAGE1,
-    "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "dropout": 0.0, "attention_head_dim": 8,
-             "norm_num_groups": 4},
-    "head": {"_target_": "sgdfuse.models.stage2.hfah.HFAH", "level_channels": 8, "hidden_channels": [8, 8],
-             "ratio": 4},
-    "masks": True,
-    "feature_timesteps": [5, 50],
-}
-NO_LOG = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-          "enable_model_summary": False}
+TINY_STAGE1 = TINY_STAGE1_NET
+TINY_STAGE2 = {**TINY_STAGE2_ARGS, "stage1_net": TINY_STAGE1}
 #: bf16 keeps 8 significant bits (relative rounding 2^-9 per op); through a tiny UNet and the losses the
 #: observed gap is ~1e-3 relative; 3 % leaves room while catching a wrong dtype path (a loss off by 2x).
 BF16_RTOL = 0.03

@@ -16,12 +16,9 @@ from lightning_modules import CheckpointError, load_fusion_model
 from lightning_modules.stage1 import Stage1FusionModule
 from lightning_modules.stage2 import Stage2DiffusionModule
 from sgdfuse.orchestration.release import export_release
-from tests.conftest import make_batch, run_script
+from tests.conftest import NO_LOG, TINY_STAGE2_ARGS, make_batch, run_script
 
-NO_LOG = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-          "enable_model_summary": False}
-TINY_UNET = {"block_out_channels": [8, 16], "layers_per_block": 1, "dropout": 0.0, "attention_head_dim": 8,
-             "norm_num_groups": 4}
+TINY_UNET = TINY_STAGE2_ARGS["unet"]
 HEAD = {"_target_": "sgdfuse.models.stage2.residual_head.ResidualHead",
         "inner": "sgdfuse.models.stage2.hfah.HFAH", "level_channels": 8, "hidden_channels": [8, 8],
         "ratio": 4}

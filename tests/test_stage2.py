@@ -18,20 +18,10 @@ from lightning_modules import CheckpointError, load_fusion_model
 from lightning_modules.stage1 import Stage1FusionModule
 from lightning_modules.stage2 import Stage2DiffusionModule
 from sgdfuse.models.stage2 import HFAH, ConvHead, Denoiser, ResidualHead, predict_x0
-from tests.conftest import compose_train, make_batch
+from tests.conftest import NO_LOG, TINY_STAGE1_NET, TINY_STAGE2_ARGS, compose_train, make_batch
 
-TINY_STAGE1 = {"channels": 8, "num_stages": 1, "num_heads": 2}
-TINY = {
-    "unet": {"block_out_channels": [8, 16], "layers_per_block": 1, "dropout": 0.0, "attention_head_dim": 8,
-             "norm_num_groups": 4},
-    "head": {"_target_": "sgdfuse.models.stage2.hfah.HFAH", "level_channels": 8, "hidden_channels": [8, 8],
-             "ratio": 4},
-    "masks": True,
-    "feature_timesteps": [5, 50],
-    "optimizer": {"_target_": "torch.optim.Adam", "lr": 3e-3},
-}
-NO_LOG = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-          "enable_model_summary": False}
+TINY_STAGE1 = TINY_STAGE1_NET
+TINY = {**TINY_STAGE2_ARGS, "optimizer": {"_target_": "torch.optim.Adam", "lr": 3e-3}}
 
 
 def smooth_batch(b: int = 2, h: int = 32, w: int = 32, seed: int = 0) -> dict:

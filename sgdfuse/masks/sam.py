@@ -33,7 +33,6 @@ from segment_anything.modeling import Sam
 
 from sgdfuse.data.base import DataError, Pair
 from sgdfuse.masks.base import CachedMaskSource, Masks
-from sgdfuse.masks.cache import MaskCache  # noqa: F401 - re-exported for callers of sgdfuse.masks.sam
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from sgdfuse.atomic import atomic_write_json, atomic_write_text
 from sgdfuse.models.stage2.phases import check_phase_sequence
 from sgdfuse.orchestration.config_schema import FILLED_BY_PIPELINE, ConfigError, TrainConfig, check_config
 from sgdfuse.orchestration.distributed import is_global_rank_zero
+from sgdfuse.orchestration.run_folders import training_stages
 from sgdfuse.orchestration.slurm import record_requeue_command
 from sgdfuse.orchestration.source_run import find_source_run
 from sgdfuse.orchestration.wandb_utils import wandb_offline
@@ -103,13 +104,7 @@ def _validate_stage1_ckpt(cfg: DictConfig) -> None:
 
 
 def _training_stages(cfg: DictConfig) -> list[str]:
-    names = []
-    for stage in cfg.stages:
-        if stage == "stage1":
-            names.append("stage1")
-        elif stage == "stage2":
-            names.extend(f"stage2_{p}" for p in cfg.stage2_phases)
-    return names
+    return training_stages(cfg.stages, cfg.stage2_phases)
 
 
 #: Config sections that must not change when a run id is resumed (steps may grow: training longer is fine;

@@ -67,10 +67,7 @@ class SetResults:
         self.show_masks = show_masks
         self.scorers: dict[str, FusionMetrics] = {}
         self.grid: list[np.ndarray] = []
-
-    @property
-    def metric_names(self) -> list[str]:
-        return list(FusionMetrics(*self.metric_args).metric_names)
+        self.metric_names = list(FusionMetrics(*self.metric_args).metric_names)
 
     def add(self, batch: Mapping[str, Any], outputs: Mapping[str, torch.Tensor]) -> None:
         """Score and write one batch: ``outputs`` are the model's named images, B×3×H×W RGB in [0, 1]."""
