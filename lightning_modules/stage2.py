@@ -52,8 +52,8 @@ class Stage2DiffusionModule(FusionModule):
         noise_scheduler: keyword arguments of ``diffusers.DDPMScheduler``.
         feature_timesteps: timesteps whose decoder features feed the head.
         inference: ``mode`` (features | refine), ``t0`` and ``n_steps`` of ``refine``.
-        loss: ``w_int``, ``w_grad``, ``mask_weight`` of :func:`fusion_loss`; ``w_eps`` (ε-MSE weight when
-            a phase has both losses).
+        loss: ``w_int``, ``w_grad``, ``w_ssim``, ``mask_weight`` of :func:`fusion_loss`; ``w_eps`` (ε-MSE
+            weight when a phase has both losses).
         optimizer / scheduler: ``_target_`` dicts (see :class:`FusionModule`).
         stage1_net: Stage I's ``FusionNet`` arguments. Filled in from ``stage1_ckpt`` and saved in the
             hyperparameters, so that a Stage-II checkpoint rebuilds without the Stage-I file.
@@ -194,7 +194,7 @@ class Stage2DiffusionModule(FusionModule):
     # --- losses --------------------------------------------------------------------------------------
     def fusion_losses(self, y_f: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Mask-guided intensity + gradient losses on the final luminance (unweighted without masks)."""
-        weights = {k: v for k, v in self.hparams.loss.items() if k in ("w_int", "w_grad")}
+        weights = {k: v for k, v in self.hparams.loss.items() if k in ("w_int", "w_grad", "w_ssim")}
         if not self.hparams.masks:
             return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights)
         return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights, mask_ir=batch["mask_ir"],
@@ -217,8 +217,7 @@ class Stage2DiffusionModule(FusionModule):
                 noise = torch.randn_like(x0)
             f2 = self.refiner.decode(x0, cond, noise, unet_grad=self.phase.train_unet)
             fusion = self.fusion_losses(self.final_y(f2, x0, y1), batch)
-            losses.update(loss_fusion=fusion["loss"], loss_int=fusion["loss_int"],
-                          loss_grad=fusion["loss_grad"])
+            losses.update({"loss_fusion" if k == "loss" else k: v for k, v in fusion.items()})
             total = total + fusion["loss"]
         losses["loss"] = total
         return losses

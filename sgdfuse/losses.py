@@ -3,12 +3,18 @@
 Stage I:  L = L1(Y_f, max(IR, Y_vis)) + λ_grad · L1(|∇Y_f|, max(|∇IR|, |∇Y_vis|)),
 Stage II: the same targets with spatial weights from the SAM masks, normalised by the weight sum so that
 the loss scale does not depend on mask coverage (our reading). Without masks both reduce to Stage I.
+
+Optional structural term (``w_ssim``, our addition): ``1 − ½(SSIM(Y_f, IR) + SSIM(Y_f, Y_vis))`` from
+torchmetrics' SSIM map, weighted like the other two terms. Stage II's intensity and gradient targets are
+the ones Stage I already minimises, so with them alone a head that starts at F1 has almost nothing to learn
+(README, "Real data on a CPU"); SSIM is a target Stage I never saw (U2Fusion and SwinFusion train with it).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
@@ -41,17 +47,38 @@ def gradient_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
     return _weighted_mean((sobel_magnitude(y_f) - target).abs(), weight)
 
 
+def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM (Gaussian 11×11, σ 1.5) of two B×1×H×W images in [0, 1], same size as the input."""
+    _, full = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none",
+                                                  return_full_image=True)
+    return full
+
+
+def ssim_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
+              weight_ir: torch.Tensor | None = None,
+              weight_vis: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 − ½(SSIM(Y_f, IR) + SSIM(Y_f, Y_vis))``, each SSIM map averaged with its (optional) weights."""
+    return 1.0 - 0.5 * (_weighted_mean(_ssim_map(y_f, ir), weight_ir)
+                        + _weighted_mean(_ssim_map(y_f, y_vis), weight_vis))
+
+
 def fusion_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor, w_int: float = 1.0,
                 w_grad: float = 1.0, mask_ir: torch.Tensor | None = None,
-                mask_vis: torch.Tensor | None = None, mask_weight: float = 0.0) -> dict[str, torch.Tensor]:
-    """Intensity + gradient loss; with ``mask_weight > 0`` the mask-guided Stage-II form.
+                mask_vis: torch.Tensor | None = None, mask_weight: float = 0.0,
+                w_ssim: float = 0.0) -> dict[str, torch.Tensor]:
+    """Intensity + gradient (+ SSIM if ``w_ssim > 0``) loss; with ``mask_weight > 0`` the mask-guided form.
 
-    Weights: ``1 + mask_weight·mask_ir`` on the intensity term (thermal targets) and
-    ``1 + mask_weight·mask_vis`` on the gradient term (edges). Returns the total and both parts.
+    Weights: ``1 + mask_weight·mask_ir`` on the intensity term (thermal targets) and on SSIM to IR,
+    ``1 + mask_weight·mask_vis`` on the gradient term (edges) and on SSIM to VIS. Returns the total and
+    each part (``loss_ssim`` only when ``w_ssim > 0``: the SSIM map costs a few convolutions).
     """
     use_masks = mask_weight > 0 and mask_ir is not None and mask_vis is not None
     w_i = 1.0 + mask_weight * mask_ir if use_masks else None
     w_g = 1.0 + mask_weight * mask_vis if use_masks else None
     l_int = intensity_loss(y_f, ir, y_vis, w_i)
     l_grad = gradient_loss(y_f, ir, y_vis, w_g)
-    return {"loss": w_int * l_int + w_grad * l_grad, "loss_int": l_int, "loss_grad": l_grad}
+    out = {"loss": w_int * l_int + w_grad * l_grad, "loss_int": l_int, "loss_grad": l_grad}
+    if w_ssim > 0:
+        out["loss_ssim"] = ssim_loss(y_f, ir, y_vis, w_i, w_g)
+        out["loss"] = out["loss"] + w_ssim * out["loss_ssim"]
+    return out

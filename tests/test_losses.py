@@ -1,7 +1,8 @@
 import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from sgdfuse.color import recombine, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
-from sgdfuse.losses import fusion_loss, sobel_magnitude
+from sgdfuse.losses import fusion_loss, sobel_magnitude, ssim_loss
 
 
 def _ir_over_flat_vis(h: int = 24, w: int = 28):
@@ -75,3 +76,31 @@ def test_ycbcr_round_trip_and_grey_luminance():
     assert torch.allclose(rgb_to_y(grey), grey[:, :1], atol=1e-6)
     # recombining the VIS luminance with its own chroma gives the VIS image back
     assert torch.allclose(recombine(rgb_to_y(rgb), rgb), rgb, atol=1e-5)
+
+
+def test_ssim_term_is_off_by_default_and_scores_structure():
+    ir, y_vis = _ir_over_flat_vis(32, 32)
+    y_vis = y_vis + 0.3 * torch.rand_like(y_vis, generator=torch.Generator().manual_seed(2))
+    plain = fusion_loss(ir, ir, y_vis)
+    assert "loss_ssim" not in plain
+    with_ssim = fusion_loss(ir, ir, y_vis, w_ssim=2.0)
+    # F = IR: SSIM to IR is 1, so the term is ½(1 − SSIM(IR, VIS)) and adds 2× that to the total
+    expected = 0.5 * (1 - structural_similarity_index_measure(ir, y_vis, data_range=1.0).item())
+    assert abs(ssim_loss(ir, ir, y_vis).item() - expected) < 1e-5
+    assert abs(with_ssim["loss_ssim"].item() - expected) < 1e-5
+    assert abs(with_ssim["loss"].item() - plain["loss"].item() - 2.0 * expected) < 1e-5
+    noisy = ir + 0.2 * torch.randn_like(ir, generator=torch.Generator().manual_seed(3))
+    assert fusion_loss(noisy, ir, y_vis, w_ssim=1.0)["loss_ssim"] > with_ssim["loss_ssim"]
+
+
+def test_ssim_term_follows_the_mask_weights():
+    ir, y_vis = _ir_over_flat_vis(32, 32)
+    fused = ir.clone()
+    g = torch.Generator().manual_seed(4)
+    fused[..., :, 16:] += 0.3 * torch.randn_like(fused[..., :, 16:], generator=g)
+    left = torch.zeros_like(ir)
+    left[..., :, :16] = 1.0
+    kw = {"w_ssim": 1.0, "mask_vis": torch.zeros_like(ir), "mask_weight": 10.0}
+    on_clean = fusion_loss(fused, ir, y_vis, mask_ir=left, **kw)["loss_ssim"]
+    on_noisy = fusion_loss(fused, ir, y_vis, mask_ir=1 - left, **kw)["loss_ssim"]
+    assert on_noisy > on_clean  # weighting the damaged half raises the IR part of the term
