@@ -55,7 +55,8 @@ def test_every_problem_is_listed_in_one_error():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 @pytest.mark.parametrize("extra", [[], ["preset=cpu", "debug=fast"], ["logger=many", "trainer=ddp"],
-                                   ["masks=sam_tiny"], ["data=tno", "data.root=/data/TNO"]])
+                                   ["masks=sam_tiny"], ["data=tno", "data.root=/data/TNO"],
+                                   ["preset=cpu_real", "data.root=/data/train", "data.test_root=/data/test"]])
 def test_every_shipped_config_passes_the_checks(name, extra):
     validate(compose_train([f"+experiment={name}", *extra]))
 

@@ -91,6 +91,8 @@ FILLED_BY_PIPELINE: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.loggers.WandbLogger": ("offline",),
     # set from the mask source and stage2_phases
     "lightning_modules.stage2.Stage2DiffusionModule": ("masks", "phase"),
+    # null = the stage's steps (FusionModule.configure_optimizers)
+    "diffusers.optimization.get_cosine_schedule_with_warmup": ("num_training_steps",),
 }
 
 
