@@ -212,7 +212,8 @@ def _named_test_sets(test: PairSource | dict[str, PairSource] | None, name: str)
         return {}
     if isinstance(test, PairSource):
         return {name: test}
-    if isinstance(test, dict) and all(isinstance(v, PairSource) for v in test.values()):
+    if isinstance(test, dict) and all(v is None or isinstance(v, PairSource) for v in test.values()):
+        test = {k: v for k, v in test.items() if v is not None}  # null: a set a preset leaves out
         reserved = {"train", "val"} & set(test)
         if reserved:
             raise DataError(f"data.test: a test set may not be called {sorted(reserved)}; rename it.")

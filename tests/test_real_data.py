@@ -70,6 +70,12 @@ def test_a_missing_test_set_fails_before_training_naming_it(folders, tmp_path):
     # a set removed from the dict is simply not scored
     dm = build_datamodule(_cfg(train, tests, tmp_path, "~data.test.TNO"))
     assert dm.test_set_names == ["RoadScene"]
+    # ... and so is a set set to null (how a preset leaves one out: preset=cpu_study drops RoadScene)
+    dm = build_datamodule(_cfg(train, tests, tmp_path, "data.test.TNO=null"))
+    assert dm.test_set_names == ["RoadScene"]
+    study = compose_train(["preset=cpu_study", f"data.root={train}", f"data.test_root={tests}", "masks=none",
+                           f"paths.cache_dir={tmp_path}/cache"])
+    assert build_datamodule(study).test_set_names == ["TNO"]
 
 
 def test_fewer_training_pairs_than_one_batch_is_a_clear_error(tmp_path):
