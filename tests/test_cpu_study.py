@@ -51,5 +51,9 @@ def test_the_study_script_trains_every_row_shares_stage1_and_reports(tmp_path):
             assert (out / f"mask_{mode}" / f"s1-k{k}" / "source_run.json").is_file()
     report = out / "report"
     rows = list(csv.DictReader((report / "report.csv").open()))
-    assert {r["experiment"] for r in rows} >= set(TRAINED) | {"mask_erode", "mask_dilate"}
+    assert {r["experiment"] for r in rows if r["table"] == "ablation"} == set(TRAINED)
+    assert {r["experiment"] for r in rows if r["table"] == "robustness"} == {
+        "full", *(f"mask_{mode} k={k}" for mode in ("erode", "dilate") for k in (3, 5, 7, 9))}
+    assert {r["n"] for r in rows} == {"2"}, "every row averages both seeds"
+    assert not (report / "left_out.csv").read_text().strip().splitlines()[1:]
     assert (report / "TNO_robustness.png").stat().st_size > 0
