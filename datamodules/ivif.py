@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from sgdfuse.data.base import DataError, PairSource
+from sgdfuse.data.base import DataError, PairSource, named_test_sets
 from sgdfuse.data.dataset import EpochSeededSampler, PairDataset, ShardSampler, collate_pairs
 from sgdfuse.data.transforms import train_transform
 from sgdfuse.masks.base import MaskSource
@@ -33,7 +33,7 @@ class IVIFDataModule(L.LightningDataModule):
         train, val: the training splits (``None`` when a run does not need one, e.g. a test-only dataset).
         test: the test set, or a dict of named test sets (``{"TNO": ..., "RoadScene": ...}``) that the
             test stage scores and reports separately, as papers print them side by side. A single source
-            is named ``name``.
+            is named ``name``; a set set to ``None`` is left out (how a preset drops one).
         name: the dataset's name (``TNO``, ``MSRS``, ...): the name of a single test set.
         mask_source: where masks come from (SAM, labels, none); run once per node in :meth:`prepare_data`.
         perturb: ``{"mode": None | "erode" | "dilate", "kernel_size": k, "apply_to": [splits]}`` — masks of
@@ -50,7 +50,7 @@ class IVIFDataModule(L.LightningDataModule):
         self,
         train: PairSource | None,
         val: PairSource | None,
-        test: PairSource | dict[str, PairSource] | None,
+        test: PairSource | dict[str, PairSource | None] | None,
         mask_source: MaskSource,
         perturb: dict[str, Any] | None = None,
         batch_size: int = 24,
@@ -65,7 +65,7 @@ class IVIFDataModule(L.LightningDataModule):
         name: str = "test",
     ) -> None:
         super().__init__()
-        self.test_sets = _named_test_sets(test, name)
+        self.test_sets = named_test_sets(test, name)
         self.sources: dict[str, PairSource | None] = {"train": train, "val": val, **self.test_sets}
         if not isinstance(mask_source, MaskSource):
             raise DataError(f"mask_source must be a MaskSource, got {type(mask_source).__name__}")
@@ -205,21 +205,6 @@ def _sampler(split: str, dataset: Dataset, seed: int) -> Sampler | None:
     if split not in ("val",) and torch.distributed.is_available() and torch.distributed.is_initialized():
         return ShardSampler(dataset)
     return None  # validation under DDP: Lightning's padded DistributedSampler (losses only)
-
-
-def _named_test_sets(test: PairSource | dict[str, PairSource] | None, name: str) -> dict[str, PairSource]:
-    if test is None:
-        return {}
-    if isinstance(test, PairSource):
-        return {name: test}
-    if isinstance(test, dict) and all(v is None or isinstance(v, PairSource) for v in test.values()):
-        test = {k: v for k, v in test.items() if v is not None}  # null: a set a preset leaves out
-        reserved = {"train", "val"} & set(test)
-        if reserved:
-            raise DataError(f"data.test: a test set may not be called {sorted(reserved)}; rename it.")
-        return {str(k): v for k, v in test.items()}
-    raise DataError(f"data.test must be a pair source or a dict of named pair sources, got "
-                    f"{type(test).__name__}: {test!r}")
 
 
 def _check_nonempty(split: str, pairs: PairSource) -> None:

@@ -45,7 +45,8 @@ class Stage2DiffusionModule(FusionModule):
         masks: condition the UNet on (mask_ir, mask_vis) and weight the losses by them. Set by the
             pipeline from the mask source (``masks=none`` gives False: a 3-channel UNet, unweighted losses).
         phase: a key of :data:`~sgdfuse.models.stage2.phases.PHASES` (what trains, which losses apply).
-        stage1_ckpt: Stage-I ``last.ckpt`` (set by the pipeline); the frozen first stage.
+        stage1_ckpt: Stage-I ``last.ckpt``, the frozen first stage (the pipeline passes this run's, unless
+            the config names another run's).
         first_stage: instead of a Stage-I checkpoint, a ``_target_`` config of a module mapping
             (IR B×1×H×W, VIS B×3×H×W) to Y B×1×H×W, e.g. ``MeanFusion`` for the single-stage ablation.
         unet: keyword arguments of :class:`Denoiser` (widths, layers, dropout, ...).
@@ -193,7 +194,8 @@ class Stage2DiffusionModule(FusionModule):
 
     # --- losses --------------------------------------------------------------------------------------
     def fusion_losses(self, y_f: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Mask-guided intensity + gradient losses on the final luminance (unweighted without masks)."""
+        """Mask-guided intensity + gradient (+ SSIM) losses on the final luminance (unweighted without
+        masks)."""
         weights = {k: v for k, v in self.hparams.loss.items() if k in ("w_int", "w_grad", "w_ssim")}
         if not self.hparams.masks:
             return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights)

@@ -53,10 +53,13 @@ def test_every_problem_is_listed_in_one_error():
     assert "use_cfc" in str(info.value) and "batch_size" in str(info.value)
 
 
+REAL = ["data.root=/data/train", "data.test_root=/data/test"]
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 @pytest.mark.parametrize("extra", [[], ["preset=cpu", "debug=fast"], ["logger=many", "trainer=ddp"],
                                    ["masks=sam_tiny"], ["data=tno", "data.root=/data/TNO"],
-                                   ["preset=cpu_real", "data.root=/data/train", "data.test_root=/data/test"]])
+                                   ["preset=cpu_real", *REAL], ["preset=cpu_study", *REAL]])
 def test_every_shipped_config_passes_the_checks(name, extra):
     validate(compose_train([f"+experiment={name}", *extra]))
 

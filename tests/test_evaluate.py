@@ -217,3 +217,10 @@ def test_tno_subset(real_data: Path, tmp_path: Path) -> None:
     assert [r["name"] for r in rows] == ["01", "02", "03"]
     assert len(list((out / "TNO" / "fused").iterdir())) == 3 and (out / "TNO" / "grid.png").is_file()
     assert 0.5 < means["SSIM"] < 2.0 and means["EN"] > 5.0
+
+
+def test_a_null_test_set_is_left_out(tiny_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "avg"
+    results = evaluate(pairs={"kept": FolderPairs(tiny_root), "dropped": None}, fuser=baseline_fuser("avg"),
+                       output_dir=out, metrics=["EN"])
+    assert list(results) == ["kept"] and not (out / "dropped").exists()

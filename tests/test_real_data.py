@@ -76,6 +76,8 @@ def test_a_missing_test_set_fails_before_training_naming_it(folders, tmp_path):
     study = compose_train(["preset=cpu_study", f"data.root={train}", f"data.test_root={tests}", "masks=none",
                            f"paths.cache_dir={tmp_path}/cache"])
     assert build_datamodule(study).test_set_names == ["TNO"]
+    with pytest.raises(InstantiationException, match=r"every test set is null \(\['RoadScene', 'TNO'\]\)"):
+        build_datamodule(_cfg(train, tests, tmp_path, "data.test.TNO=null", "data.test.RoadScene=null"))
 
 
 def test_fewer_training_pairs_than_one_batch_is_a_clear_error(tmp_path):

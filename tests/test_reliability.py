@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from sgdfuse.orchestration.pipeline import ConfigError, check_run_config, resume_checkpoint, run
 from tests.conftest import compose_train
@@ -373,3 +373,18 @@ def test_two_fused_files_with_one_stem_are_an_error(tmp_path):
         cv2.imwrite(str(tmp_path / name), np.zeros((16, 16), np.uint8))
     with pytest.raises(DataError, match=r"a\.jpg, a\.png.*keep one file per pair"):
         folder_fuser(tmp_path)
+
+
+def test_a_run_recorded_before_a_setting_existed_still_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = _cfg(tmp_path, "run_id=r", "stages=[stage1]")
+    check_run_config(cfg, run_dir)
+    (run_dir / "stage1").mkdir()
+    _save(run_dir / "stage1" / "last.ckpt", 3)
+    recorded = OmegaConf.load(run_dir / "run_config.yaml")
+    del recorded.model.stage2.loss["w_ssim"]  # as written by code before the SSIM term
+    OmegaConf.save(recorded, run_dir / "run_config.yaml")
+    check_run_config(cfg, run_dir)  # the new key is not compared ...
+    with pytest.raises(ConfigError, match=r"differs at: model\.stage2\.loss\.w_int"):
+        check_run_config(_cfg(tmp_path, "run_id=r", "stages=[stage1]", "model.stage2.loss.w_int=2.0"),
+                         run_dir)

@@ -59,3 +59,26 @@ class PairSource(ABC):
         Called by the DataModule's ``prepare_data`` before masks are computed, so that a bad pair fails
         before SAM runs or anything is cached. Sources that cannot be inconsistent keep this no-op.
         """
+
+
+def named_test_sets(test: PairSource | dict[str, PairSource | None] | None,
+                    name: str) -> dict[str, PairSource]:
+    """``{set name: source}`` from one source (called ``name``) or a dict of named sources.
+
+    A ``None`` entry is a set left out (Hydra cannot delete a key from a preset, it can null it); a dict
+    whose sets are all left out is an error, raised before any training.
+    """
+    if test is None:
+        return {}
+    if isinstance(test, PairSource):
+        return {name: test}
+    if isinstance(test, dict) and all(v is None or isinstance(v, PairSource) for v in test.values()):
+        sets = {str(k): v for k, v in test.items() if v is not None}
+        if test and not sets:
+            raise DataError(f"data.test: every test set is null ({sorted(test)}); keep at least one.")
+        reserved = {"train", "val"} & set(sets)
+        if reserved:
+            raise DataError(f"data.test: a test set may not be called {sorted(reserved)}; rename it.")
+        return sets
+    raise DataError(f"data.test must be a pair source or a dict of named pair sources, got "
+                    f"{type(test).__name__}: {test!r}")

@@ -86,13 +86,15 @@ class EvaluateConfig(TypedDict, total=False):
 
 #: Program config name (``train.py`` -> ``train``) -> its top-level schema.
 SCHEMAS: dict[str, type] = {"train": TrainConfig, "evaluate": EvaluateConfig}
-#: Constructor arguments the pipeline sets itself when the config leaves them null (``build_logger``).
+#: Constructor arguments the pipeline or a module sets itself when the config leaves them null.
 FILLED_BY_PIPELINE: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.loggers.WandbLogger": ("offline",),
     # set from the mask source and stage2_phases
     "lightning_modules.stage2.Stage2DiffusionModule": ("masks", "phase"),
-    # null = the stage's steps (FusionModule.configure_optimizers)
-    "diffusers.optimization.get_cosine_schedule_with_warmup": ("num_training_steps",),
+    # num_training_steps null = the stage's steps (FusionModule.configure_optimizers fills it)
+    **{f"diffusers.optimization.{name}": ("num_training_steps",) for name in (
+        "get_cosine_schedule_with_warmup", "get_linear_schedule_with_warmup",
+        "get_cosine_with_hard_restarts_schedule_with_warmup", "get_polynomial_decay_schedule_with_warmup")},
 }
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from sgdfuse.color import recombine, rgb_to_y
-from sgdfuse.data.base import DataError, PairSource
+from sgdfuse.data.base import DataError, PairSource, named_test_sets
 from sgdfuse.data.io import IMAGE_EXTENSIONS, read_vis, write_png_atomic
 from sgdfuse.masks.base import MaskSource, NoMasks
 from sgdfuse.orchestration.results import SetResults, write_summary
@@ -150,7 +150,7 @@ def iterate_batches(pairs: PairSource, masks: MaskSource, perturb: dict[str, Any
 
 # --- the run ------------------------------------------------------------------------------------------------
 def evaluate(
-    pairs: PairSource | dict[str, PairSource],
+    pairs: PairSource | dict[str, PairSource | None],
     fuser: Fuser,
     output_dir: str | os.PathLike,
     masks: MaskSource | None = None,
@@ -167,7 +167,7 @@ def evaluate(
     ``pairs``: one source (called ``name``) or a dict of named sets. Returns ``{set: {"n_images",
     "final": means, ...}}`` as in ``metrics.json`` (:mod:`sgdfuse.orchestration.results`).
     """
-    sets = dict(pairs) if isinstance(pairs, dict) else {name: pairs}
+    sets = named_test_sets(pairs, name)
     masks = masks if masks is not None else NoMasks()
     for source in sets.values():
         source.validate()  # sizes and headers of every pair of every set before any work

@@ -151,13 +151,15 @@ def _stage_started(stage_dir: Path) -> bool:
     return any(stage_dir.glob("*.ckpt")) or (stage_dir / MARKER).is_file()
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
+def _diff_keys(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys that differ; a key the recorded config lacks was added by newer code: not compared
+    (as for checkpoints, :func:`_hparam_diffs`), so runs recorded by older code still resume."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
         out = []
-        for key in set(a) | set(b):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        for key in recorded:
+            out += _diff_keys(recorded[key], current.get(key), f"{prefix}{key}.")
         return out
-    return [] if a == b else [prefix.rstrip(".")]
+    return [] if recorded == current else [prefix.rstrip(".")]
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
