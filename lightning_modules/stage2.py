@@ -12,7 +12,8 @@ recombined with the VIS chroma.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import inspect
+from typing import Any, ClassVar, Literal, TypedDict
 
 import torch
 from diffusers import DDPMScheduler
@@ -23,10 +24,26 @@ from lightning_modules import CheckpointError, read_checkpoint
 from lightning_modules.base import CLASS_KEY, FusionModule
 from lightning_modules.stage1 import Stage1FusionModule
 from sgdfuse.color import recombine, rgb_to_y
-from sgdfuse.losses import fusion_loss
+from sgdfuse.losses import INTENSITY_TARGETS, fusion_loss
 from sgdfuse.models.stage1 import FusionNet
 from sgdfuse.models.stage2 import Denoiser, DiffusionRefiner, get_phase, per_image_noise
 from sgdfuse.models.stage2.refiner import INFERENCE_MODES, image_seed
+
+#: The ``model.stage2.loss`` keys passed to :func:`fusion_loss` as they are (its signature, less the images,
+#: masks and ``mask_weight``, which Stage II supplies; ``w_eps`` is the phase's own).
+_FUSION_LOSS_OPTIONS = frozenset(inspect.signature(fusion_loss).parameters) - {
+    "y_f", "ir", "y_vis", "mask_ir", "mask_vis", "mask_weight"}
+
+
+class Stage2Loss(TypedDict, total=False):
+    """``model.stage2.loss`` (types for the config check; defaults in configs/model/stage2/default.yaml)."""
+
+    w_int: float
+    w_grad: float
+    w_ssim: float
+    mask_weight: float
+    w_eps: float
+    intensity_target: Literal["max", "salient_mean", "salient_vis"]
 
 
 def _class_path(cls: type) -> str:
@@ -53,7 +70,8 @@ class Stage2DiffusionModule(FusionModule):
         noise_scheduler: keyword arguments of ``diffusers.DDPMScheduler``.
         feature_timesteps: timesteps whose decoder features feed the head.
         inference: ``mode`` (features | refine), ``t0`` and ``n_steps`` of ``refine``.
-        loss: ``w_int``, ``w_grad``, ``w_ssim``, ``mask_weight`` of :func:`fusion_loss`; ``w_eps`` (ε-MSE
+        loss: ``w_int``, ``w_grad``, ``w_ssim``, ``mask_weight``, ``intensity_target`` of
+            :func:`fusion_loss`; ``w_eps`` (ε-MSE
             weight when a phase has both losses).
         optimizer / scheduler: ``_target_`` dicts (see :class:`FusionModule`).
         stage1_net: Stage I's ``FusionNet`` arguments. Filled in from ``stage1_ckpt`` and saved in the
@@ -75,7 +93,7 @@ class Stage2DiffusionModule(FusionModule):
         noise_scheduler: dict[str, Any] | None = None,
         feature_timesteps: list[int] | tuple[int, ...] = (5, 50, 100),
         inference: dict[str, Any] | None = None,
-        loss: dict[str, float] | None = None,
+        loss: Stage2Loss | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         stage1_net: dict[str, Any] | None = None,
@@ -83,7 +101,7 @@ class Stage2DiffusionModule(FusionModule):
         super().__init__()
         self.phase = get_phase(phase)
         inference = dict(inference or {})  # defaults: DiffusionRefiner.infer's signature
-        _check_options(phase, self.phase.diffusion, inference, head, masks)
+        _check_options(phase, self.phase.diffusion, inference, head, masks, dict(loss or {}))
         self.save_hyperparameters({
             "head": dict(head),
             "masks": masks,
@@ -196,10 +214,10 @@ class Stage2DiffusionModule(FusionModule):
     def fusion_losses(self, y_f: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Mask-guided intensity + gradient (+ SSIM) losses on the final luminance (unweighted without
         masks)."""
-        weights = {k: v for k, v in self.hparams.loss.items() if k in ("w_int", "w_grad", "w_ssim")}
+        options = {k: v for k, v in self.hparams.loss.items() if k in _FUSION_LOSS_OPTIONS}
         if not self.hparams.masks:
-            return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights)
-        return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **weights, mask_ir=batch["mask_ir"],
+            return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **options)
+        return fusion_loss(y_f, batch["ir"], rgb_to_y(batch["vis"]), **options, mask_ir=batch["mask_ir"],
                            mask_vis=batch["mask_vis"], mask_weight=self.hparams.loss.get("mask_weight", 1.0))
 
     def compute_losses(self, batch: dict[str, Any], timesteps: torch.Tensor | None = None,
@@ -251,7 +269,8 @@ class Stage2DiffusionModule(FusionModule):
         return {"stage1": f1, "final": final}
 
 
-def _check_options(phase: str, diffusion: bool, inference: dict[str, Any], head: Any, masks: Any) -> None:
+def _check_options(phase: str, diffusion: bool, inference: dict[str, Any], head: Any, masks: Any,
+                   loss: dict[str, Any]) -> None:
     if not isinstance(head, dict) or "_target_" not in head:
         raise ValueError(f"model.stage2.head must be a _target_ config of a fusion head "
                          f"(model/stage2/head=hfah|conv|residual_hfah|...), got {head!r}")
@@ -264,6 +283,13 @@ def _check_options(phase: str, diffusion: bool, inference: dict[str, Any], head:
     if mode == "refine" and not diffusion:
         raise ValueError(f"model.stage2.inference.mode=refine needs a diffusion phase (phase {phase!r} has "
                          "no noise model to sample)")
+    target = loss.get("intensity_target", "max")
+    if target not in INTENSITY_TARGETS:
+        raise ValueError(f"model.stage2.loss.intensity_target={target!r}: use one of "
+                         f"{list(INTENSITY_TARGETS)}")
+    if target != "max" and not masks:
+        raise ValueError(f"model.stage2.loss.intensity_target={target} needs masks (the max inside the IR "
+                         "mask): pick a mask source (masks=prior|sam|labels) or intensity_target=max")
 
 
 def load_stage1(path: str) -> Stage1FusionModule:

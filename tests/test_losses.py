@@ -1,8 +1,9 @@
+import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from sgdfuse.color import recombine, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
-from sgdfuse.losses import fusion_loss, sobel_magnitude, ssim_loss
+from sgdfuse.losses import fusion_loss, sobel_magnitude, ssim_loss, target_intensity
 
 
 def _ir_over_flat_vis(h: int = 24, w: int = 28):
@@ -106,3 +107,25 @@ def test_ssim_term_follows_the_mask_weights():
     on_clean = fusion_loss(fused, ir, y_vis, mask_ir=left, **kw)["loss_ssim"]
     on_noisy = fusion_loss(fused, ir, y_vis, mask_ir=1 - left, **kw)["loss_ssim"]
     assert on_noisy > on_clean  # weighting the damaged half raises the IR part of the term
+
+
+def test_salient_targets_are_the_max_inside_the_ir_mask_and_a_source_outside():
+    ir = torch.tensor([[[[0.2, 0.9, 0.8]]]])
+    y_vis = torch.tensor([[[[0.6, 0.1, 0.4]]]])
+    mask_ir = torch.tensor([[[[0.0, 1.0, 0.0]]]])
+    target = target_intensity(ir, y_vis, mask_ir, "salient_mean")
+    assert torch.allclose(target, torch.tensor([[[[0.4, 0.9, 0.6]]]]))
+    assert torch.equal(target_intensity(ir, y_vis, mask_ir, "max"), torch.maximum(ir, y_vis))
+    salient_vis = target_intensity(ir, y_vis, mask_ir, "salient_vis")
+    assert torch.allclose(salient_vis, torch.tensor([[[[0.6, 0.9, 0.4]]]]))
+    kw = {"w_grad": 0.0, "mask_ir": mask_ir, "mask_vis": torch.zeros_like(ir), "mask_weight": 1.0}
+    assert fusion_loss(target, ir, y_vis, intensity_target="salient_mean", **kw)["loss_int"].item() < 1e-7
+    assert fusion_loss(target, ir, y_vis, **kw)["loss_int"].item() > 0.1  # the max target disagrees
+
+
+def test_salient_targets_need_a_mask_and_a_known_name():
+    ir, y_vis = _ir_over_flat_vis()
+    with pytest.raises(ValueError, match="needs the IR mask"):
+        fusion_loss(ir, ir, y_vis, intensity_target="salient_mean")
+    with pytest.raises(ValueError, match="intensity_target='brightest'"):
+        target_intensity(ir, y_vis, None, "brightest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from typing import get_args, get_type_hints
 
 import lightning as L
 import pytest
@@ -16,8 +17,10 @@ from torch.utils.data import DataLoader
 
 from lightning_modules import CheckpointError, load_fusion_model
 from lightning_modules.stage1 import Stage1FusionModule
-from lightning_modules.stage2 import Stage2DiffusionModule
+from lightning_modules.stage2 import Stage2DiffusionModule, Stage2Loss
+from sgdfuse.losses import INTENSITY_TARGETS
 from sgdfuse.models.stage2 import HFAH, ConvHead, Denoiser, ResidualHead, predict_x0
+from sgdfuse.orchestration.config_schema import FILLED_BY_PIPELINE, ConfigError, TrainConfig, check_config
 from tests.conftest import NO_LOG, TINY_STAGE1_NET, TINY_STAGE2_ARGS, compose_train, make_batch
 
 TINY_STAGE1 = TINY_STAGE1_NET
@@ -221,6 +224,26 @@ def test_phase_losses_are_the_expected_terms(stage1_ckpt):
     joint = make_module(stage1_ckpt, phase="joint").compute_losses(batch)
     assert {"loss_eps", "loss_int", "loss_grad", "loss_fusion"} <= set(joint)
     assert torch.allclose(joint["loss"], joint["loss_eps"] + joint["loss_fusion"])
+
+
+def test_loss_options_reach_the_fusion_loss_and_bad_ones_fail_at_construction(stage1_ckpt):
+    batch = smooth_batch()
+    base = {"w_int": 1.0, "w_grad": 0.0, "mask_weight": 0.0}
+    kinds = {kind: make_module(stage1_ckpt, phase="b", loss={**base, "intensity_target": kind})
+             for kind in INTENSITY_TARGETS}
+    for module in kinds.values():
+        module.load_state_dict(kinds["max"].state_dict())
+    noise = torch.zeros_like(batch["vis"])
+    y = {k: m.compute_losses(batch, noise=noise)["loss_int"].item() for k, m in kinds.items()}
+    assert len({round(v, 6) for v in y.values()}) == len(INTENSITY_TARGETS)  # one loss per target
+    assert get_args(get_type_hints(Stage2Loss)["intensity_target"]) == INTENSITY_TARGETS  # one list of names
+    with pytest.raises(ValueError, match="intensity_target='brightest'"):
+        make_module(stage1_ckpt, loss={"intensity_target": "brightest"})
+    with pytest.raises(ValueError, match="needs masks"):
+        make_module(stage1_ckpt, masks=False, loss={"intensity_target": "salient_vis"})
+    with pytest.raises(ConfigError, match="intensity_target='brightest'"):
+        check_config(compose_train(["model.stage2.loss.intensity_target=brightest"]), TrainConfig,
+                     filled_later=FILLED_BY_PIPELINE)
 
 
 def test_inference_is_deterministic_per_image_name(stage1_ckpt):
