@@ -1,0 +1,126 @@
+"""Choose Stage-II settings on the validation split: phase-b trials on a finished run's Stage I and phase a.
+
+Each trial retrains phase b (the head) from the run's own ``stage1/last.ckpt`` and ``stage2_a/last.ckpt``
+under its config overrides (losses, steps, learning rate, ...), fuses every pair of the data config's
+``val`` split, and scores the final image against that run's own Stage-I image. Phase b is the only phase
+whose training the Stage-II loss options change, so trials cost minutes, not a whole run. Test sets are
+never read: settings are chosen here and then tested once (README, "Real data on a CPU").
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+from tqdm import tqdm
+
+from sgdfuse.atomic import atomic_write_text
+from sgdfuse.data.base import DataError
+from sgdfuse.metrics import FusionMetrics
+from sgdfuse.orchestration import pipeline
+from sgdfuse.orchestration.evaluation import iterate_batches
+
+log = logging.getLogger(__name__)
+
+#: The eight standard metrics a trial is judged by (AG follows SF and is not counted, as in the README).
+STANDARD_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One named setting: Hydra overrides on top of the run's own config."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> Trial:
+        """``NAME=OVERRIDE OVERRIDE ...`` (no overrides: the run's own setting, retrained)."""
+        name, sep, rest = spec.partition("=")
+        if not sep or not name.strip() or "/" in name:
+            raise ValueError(f"trial {spec!r}: expected NAME=OVERRIDES, e.g. "
+                             "'grad3=model.stage2.loss.w_grad=3' (NAME without '/'; OVERRIDES separated by "
+                             "spaces, or nothing)")
+        return cls(name.strip(), tuple(rest.split()))
+
+
+def check_run(run_dir: Path, cfg: DictConfig) -> tuple[Path, Path]:
+    """The run's Stage-I and phase-a checkpoints; a clear error when the run cannot serve as a base."""
+    if list(cfg.stage2_phases) != ["a", "b"]:
+        raise ValueError(f"val trials retrain phase b after phase a; this config's stage2_phases is "
+                         f"{list(cfg.stage2_phases)} (use a run with stage2_phases=[a,b])")
+    stage1, phase_a = run_dir / "stage1" / "last.ckpt", run_dir / "stage2_a" / "last.ckpt"
+    missing = [str(p) for p in (stage1, phase_a) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished run to build trials on: missing "
+                                f"{', '.join(missing)}. Train it first (python train.py ... with the same "
+                                "overrides).")
+    return stage1, phase_a
+
+
+def train_phase_b(cfg: DictConfig, stage1: Path, phase_a: Path, out_dir: Path) -> Path:
+    """Phase b of ``cfg`` on the given Stage I and phase a, in ``out_dir/stage2_b`` (resumes if started)."""
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(out_dir)
+    datamodule = pipeline.build_datamodule(cfg)
+    module = pipeline.build_stage2(cfg, "b", stage1, datamodule.mask_channels_enabled, phase_a)
+    return pipeline.fit_stage(cfg, "stage2_b", module, datamodule)
+
+
+@torch.no_grad()
+def score_val(cfg: DictConfig, checkpoint: Path,
+              metrics: Sequence[str] = STANDARD_METRICS) -> dict[str, dict[str, float]]:
+    """Means over the val split of the Stage-I and final images of a Stage-II checkpoint."""
+    from lightning_modules import load_fusion_model
+
+    if cfg.data.get("val") is None:
+        raise DataError("the data config has no val split (data.val is null): trials are scored on it")
+    pairs = instantiate(cfg.data.val, _convert_="all")
+    masks = instantiate(cfg.masks.source)
+    masks.prepare(pairs, "val")
+    model = load_fusion_model(checkpoint)
+    scores = {name: FusionMetrics(metrics) for name in ("stage1", "final")}
+    desc = f"val {checkpoint.parent.parent.name}"
+    for batch in tqdm(iterate_batches(pairs, masks), total=len(pairs), desc=desc, unit="pair"):
+        out = model.fuse(batch)
+        for name, metric in scores.items():
+            metric.update(out[name].float().clamp(0, 1), batch["ir"], batch["vis"], batch["name"])
+    return {name: {k: float(v) for k, v in m.compute().items()} for name, m in scores.items()}
+
+
+def at_least_stage1(scores: dict[str, dict[str, float]]) -> list[str]:
+    """Metrics on which the final image is at least as good as Stage I (all are higher-is-better here)."""
+    return [m for m in scores["final"] if scores["final"][m] >= scores["stage1"][m]]
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    """``trials.csv`` (both images, every metric) and ``trials.md`` (final − Stage I, count ≥ Stage I)."""
+    metrics = list(rows[0]["scores"]["final"])
+    header = ["trial", "overrides", "n_at_least_stage1"] + [f"{o}/{m}" for o in ("stage1", "final")
+                                                             for m in metrics]
+    lines = [",".join(header)]
+    for r in rows:
+        values = [r["scores"][o][m] for o in ("stage1", "final") for m in metrics]
+        lines.append(",".join([r["trial"], f'"{" ".join(r["overrides"])}"', str(len(r["wins"]))]
+                              + [f"{v:.6f}" for v in values]))
+    atomic_write_text(out_dir / "trials.csv", "\n".join(lines) + "\n")
+    md = ["| trial | overrides | ≥ Stage I | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
+          "|---|---|---:|" + "---:|" * len(metrics)]
+    for r in rows:
+        deltas = [r["scores"]["final"][m] - r["scores"]["stage1"][m] for m in metrics]
+        md.append(f"| {r['trial']} | `{' '.join(r['overrides']) or '(run config)'}` | "
+                  f"{len(r['wins'])}/{len(metrics)} | " + " | ".join(f"{d:+.4f}" for d in deltas) + " |")
+    atomic_write_text(out_dir / "trials.md", "\n".join(md) + "\n")
+
+
+def read_trials(out_dir: Path) -> list[dict[str, str]]:
+    """The rows of ``trials.csv`` (for tests and reports)."""
+    with (out_dir / "trials.csv").open() as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,62 @@
+"""scripts/val_trials.py: Stage-II settings chosen on the val split, on a run's Stage I and phase a."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from sgdfuse.orchestration.val_trials import STANDARD_METRICS, Trial, at_least_stage1, check_run, read_trials
+from tests.conftest import TINY_STAGE2, compose_train, run_script
+
+BASE = ["preset=cpu", "debug=fast", "logger=csv", "model.stage1.net.channels=8",
+        "model.stage1.net.num_stages=1", "data.num_workers=0", "data.val.num_pairs=2", "data.val.height=48",
+        "data.val.width=56", *TINY_STAGE2,
+        "+experiment=full", "stages=[stage1,stage2]"]
+
+
+def test_trial_specs_parse_and_bad_ones_say_the_form():
+    assert Trial.parse("g3=model.stage2.loss.w_grad=3 steps.stage2_b=5") == Trial(
+        "g3", ("model.stage2.loss.w_grad=3", "steps.stage2_b=5"))
+    assert Trial.parse("run=") == Trial("run", ())
+    for bad in ("no_equals", "=x=1", "a/b=x=1"):
+        with pytest.raises(ValueError, match="NAME=OVERRIDES"):
+            Trial.parse(bad)
+
+
+def test_a_run_without_phase_a_is_refused_naming_the_file(tmp_path):
+    cfg = compose_train(BASE)
+    with pytest.raises(FileNotFoundError, match="stage2_a/last.ckpt"):
+        check_run(tmp_path, cfg)
+    with pytest.raises(ValueError, match="stage2_phases"):
+        check_run(tmp_path, compose_train([*BASE, "stage2_phases=[joint]"]))
+
+
+def test_at_least_stage1_counts_ties():
+    scores = {"stage1": {"EN": 1.0, "SD": 2.0, "SF": 3.0}, "final": {"EN": 1.0, "SD": 2.5, "SF": 2.9}}
+    assert at_least_stage1(scores) == ["EN", "SD"]
+
+
+def test_trials_retrain_phase_b_on_the_runs_stage1_and_score_the_val_split(tmp_path):
+    overrides = [*BASE, f"paths.checkpoint_dir={tmp_path}/checkpoints", f"paths.cache_dir={tmp_path}/cache"]
+    proc = run_script("train.py", *overrides, "run_id=r", f"hydra.run.dir={tmp_path}/hydra")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "checkpoints" / "full" / "r"
+    own_phase_b = (run / "stage2_b" / "last.ckpt").stat().st_mtime_ns
+    out = tmp_path / "trials"
+    proc = run_script("scripts/val_trials.py", "--run", str(run), "--out", str(out), "--trial", "run=",
+                      "--trial", "ssim=model.stage2.loss.w_ssim=1 model.stage2.loss.w_grad=3", *overrides)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_trials(out)
+    assert [r["trial"] for r in rows] == ["run", "ssim"]
+    for name in ("run", "ssim"):
+        assert (out / name / "stage2_b" / "last.ckpt").is_file()
+    assert (run / "stage2_b" / "last.ckpt").stat().st_mtime_ns == own_phase_b  # the run itself is untouched
+    for m in STANDARD_METRICS:
+        assert rows[0][f"stage1/{m}"] == rows[1][f"stage1/{m}"], m  # one Stage I under every trial
+        assert all(math.isfinite(float(r[f"final/{m}"])) for r in rows)
+    assert all(0 <= int(r["n_at_least_stage1"]) <= len(STANDARD_METRICS) for r in rows)
+    table = (out / "trials.md").read_text()
+    assert "`model.stage2.loss.w_ssim=1 model.stage2.loss.w_grad=3`" in table and "(run config)" in table
+    assert Path(out / "ssim" / "stage2_b" / "DONE").is_file()
