@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
@@ -66,9 +67,12 @@ def check_run(run_dir: Path, cfg: DictConfig) -> tuple[Path, Path]:
 
 
 def train_phase_b(cfg: DictConfig, stage1: Path, phase_a: Path, out_dir: Path) -> Path:
-    """Phase b of ``cfg`` on the given Stage I and phase a, in ``out_dir/stage2_b`` (resumes if started)."""
+    """Phase b of ``cfg`` on the given Stage I and phase a, in ``out_dir/stage2_b`` (resumes if started).
+
+    Seeded as ``train.py`` seeds a run (``cfg.seed``), so that trials differ by their overrides alone."""
     with open_dict(cfg):
         cfg.paths.run_dir = str(out_dir)
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = pipeline.build_datamodule(cfg)
     module = pipeline.build_stage2(cfg, "b", stage1, datamodule.mask_channels_enabled, phase_a)
     return pipeline.fit_stage(cfg, "stage2_b", module, datamodule)
