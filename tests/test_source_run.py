@@ -51,6 +51,18 @@ def test_finds_the_finished_full_run_of_the_same_seed_and_settings(tmp_path):
     assert json.loads(path.read_text())["run_id"] == "good"
 
 
+def test_a_run_recorded_before_a_setting_existed_is_still_the_source(tmp_path):
+    wanted = fake_run(tmp_path, "old", "seed=0")
+    recorded = OmegaConf.load(wanted / "run_config.yaml")
+    del recorded.model.stage2.loss["intensity_target"]  # as written by code before that option
+    OmegaConf.save(recorded, wanted / "run_config.yaml")
+    cfg = _cfg(tmp_path, "+experiment=mask_erode", "seed=0")
+    assert find_source_run(cfg).run_dir == wanted
+    changed = _cfg(tmp_path, "+experiment=mask_erode", "seed=0", "model.stage2.loss.w_grad=3")
+    with pytest.raises(SourceRunError, match="model.stage2.loss.w_grad"):  # a recorded key still counts
+        find_source_run(changed)
+
+
 def test_no_matching_run_names_the_folder_each_reason_and_the_training_command(tmp_path):
     fake_run(tmp_path, "seed1", "seed=1")
     fake_run(tmp_path, "other", "seed=0", "data.crop_size=32")

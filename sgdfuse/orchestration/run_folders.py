@@ -142,8 +142,14 @@ def is_ignored(key: str, ignore: Iterable[str]) -> bool:
     return any(key == i or key.startswith(f"{i}.") for i in ignore)
 
 
-def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """Sorted dotted keys whose values differ between two nested mappings, except ``ignore``d ones."""
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[str] = (),
+                   recorded_may_lack: bool = False) -> list[str]:
+    """Sorted dotted keys whose values differ between two nested mappings, except ``ignore``d ones.
+
+    ``recorded_may_lack``: ``a`` is a recorded config; a key only ``b`` has was added by newer code and is
+    not compared (the rule of resuming a run and of loading a checkpoint), so older runs still match.
+    """
     ignore = tuple(ignore)
     fa, fb = flatten(a), flatten(b)
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and not is_ignored(k, ignore))
+    keys = fa.keys() if recorded_may_lack else fa.keys() | fb.keys()
+    return sorted(k for k in keys if fa.get(k) != fb.get(k) and not is_ignored(k, ignore))

@@ -112,7 +112,8 @@ def _examine(run_dir: Path, current: dict[str, Any], check_settings: bool = True
         return None, str(err)
     if check_settings and recorded.get("seed") != current.get("seed"):
         return None, f"seed {recorded.get('seed')}"
-    if check_settings and (diff := differing_keys(_compared(recorded), _compared(current), TEST_TIME_KEYS)):
+    if check_settings and (diff := differing_keys(_compared(recorded), _compared(current), TEST_TIME_KEYS,
+                                                  recorded_may_lack=True)):
         return None, f"other settings ({', '.join(diff[:6])}{', …' if len(diff) > 6 else ''})"
     steps, missing = stage_steps(run_dir, recorded)
     if missing:
