@@ -71,8 +71,8 @@ class Stage2DiffusionModule(FusionModule):
         feature_timesteps: timesteps whose decoder features feed the head.
         inference: ``mode`` (features | refine), ``t0`` and ``n_steps`` of ``refine``.
         loss: ``w_int``, ``w_grad``, ``w_ssim``, ``mask_weight``, ``intensity_target`` of
-            :func:`fusion_loss`; ``w_eps`` (ε-MSE
-            weight when a phase has both losses).
+            :func:`fusion_loss` (:class:`Stage2Loss`); ``w_eps`` (ε-MSE weight when a phase has both
+            losses).
         optimizer / scheduler: ``_target_`` dicts (see :class:`FusionModule`).
         stage1_net: Stage I's ``FusionNet`` arguments. Filled in from ``stage1_ckpt`` and saved in the
             hyperparameters, so that a Stage-II checkpoint rebuilds without the Stage-I file.
