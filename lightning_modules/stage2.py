@@ -13,7 +13,7 @@ recombined with the VIS chroma.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Literal, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 import torch
 from diffusers import DDPMScheduler
@@ -24,7 +24,7 @@ from lightning_modules import CheckpointError, read_checkpoint
 from lightning_modules.base import CLASS_KEY, FusionModule
 from lightning_modules.stage1 import Stage1FusionModule
 from sgdfuse.color import recombine, rgb_to_y
-from sgdfuse.losses import INTENSITY_TARGETS, fusion_loss
+from sgdfuse.losses import IntensityTarget, check_intensity_target, fusion_loss
 from sgdfuse.models.stage1 import FusionNet
 from sgdfuse.models.stage2 import Denoiser, DiffusionRefiner, get_phase, per_image_noise
 from sgdfuse.models.stage2.refiner import INFERENCE_MODES, image_seed
@@ -43,7 +43,7 @@ class Stage2Loss(TypedDict, total=False):
     w_ssim: float
     mask_weight: float
     w_eps: float
-    intensity_target: Literal["max", "salient_mean", "salient_vis"]
+    intensity_target: IntensityTarget
 
 
 def _class_path(cls: type) -> str:
@@ -283,13 +283,7 @@ def _check_options(phase: str, diffusion: bool, inference: dict[str, Any], head:
     if mode == "refine" and not diffusion:
         raise ValueError(f"model.stage2.inference.mode=refine needs a diffusion phase (phase {phase!r} has "
                          "no noise model to sample)")
-    target = loss.get("intensity_target", "max")
-    if target not in INTENSITY_TARGETS:
-        raise ValueError(f"model.stage2.loss.intensity_target={target!r}: use one of "
-                         f"{list(INTENSITY_TARGETS)}")
-    if target != "max" and not masks:
-        raise ValueError(f"model.stage2.loss.intensity_target={target} needs masks (the max inside the IR "
-                         "mask): pick a mask source (masks=prior|sam|labels) or intensity_target=max")
+    check_intensity_target(loss.get("intensity_target", "max"), has_ir_mask=masks)
 
 
 def load_stage1(path: str) -> Stage1FusionModule:

@@ -18,6 +18,8 @@ the final image (README, "Real data on a CPU").
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -40,21 +42,30 @@ def _weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tens
     return (weight * err).sum() / weight.sum()
 
 
-#: The intensity targets :func:`fusion_loss` takes (``intensity_target``): the source luminance kept outside
-#: the IR mask by the ``salient_*`` targets.
-INTENSITY_TARGETS = ("max", "salient_mean", "salient_vis")
+#: The intensity targets :func:`fusion_loss` takes (``intensity_target``); the ``salient_*`` ones name the
+#: source luminance kept outside the IR mask. One list: the config check reads the Literal.
+IntensityTarget = Literal["max", "salient_mean", "salient_vis"]
+INTENSITY_TARGETS: tuple[str, ...] = get_args(IntensityTarget)
+
+
+def check_intensity_target(kind: str, has_ir_mask: bool) -> None:
+    """A clear error for an unknown target, or for a ``salient_*`` target without the IR mask."""
+    if kind not in INTENSITY_TARGETS:
+        raise ValueError(f"intensity_target={kind!r}: use one of {list(INTENSITY_TARGETS)} "
+                         "(model.stage2.loss.intensity_target)")
+    if kind != "max" and not has_ir_mask:
+        raise ValueError(f"intensity_target={kind!r} needs masks, as it keeps the max inside the IR mask: "
+                         "use a mask source (masks=prior|sam|labels) or intensity_target=max")
 
 
 def target_intensity(ir: torch.Tensor, y_vis: torch.Tensor, mask_ir: torch.Tensor | None = None,
                      kind: str = "max") -> torch.Tensor:
     """``max``: max(IR, Y_vis) everywhere (Stage I, published). ``salient_*``: the max inside ``mask_ir``
     (thermal targets; soft masks blend) and, outside it, (IR + Y_vis) / 2 (``salient_mean``) or Y_vis
-    (``salient_vis``, the target-aware split of TarDAL); without a mask it is the max."""
-    if kind not in INTENSITY_TARGETS:
-        raise ValueError(f"intensity_target={kind!r}: use one of {list(INTENSITY_TARGETS)} "
-                         "(model.stage2.loss.intensity_target)")
+    (``salient_vis``, the target-aware split of TarDAL)."""
+    check_intensity_target(kind, mask_ir is not None)
     brighter = torch.maximum(ir, y_vis)
-    if kind == "max" or mask_ir is None:
+    if kind == "max":
         return brighter
     outside = 0.5 * (ir + y_vis) if kind == "salient_mean" else y_vis
     return mask_ir * brighter + (1.0 - mask_ir) * outside
@@ -98,15 +109,12 @@ def fusion_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor, w_int:
 
     Weights: ``1 + mask_weight·mask_ir`` on the intensity term (thermal targets) and on SSIM to IR,
     ``1 + mask_weight·mask_vis`` on the gradient term (edges) and on SSIM to VIS. ``intensity_target``:
-    see :func:`target_intensity` (``salient_max`` needs ``mask_ir``). Returns the total and each part
+    see :func:`target_intensity` (``salient_*`` need ``mask_ir``). Returns the total and each part
     (``loss_ssim`` only when ``w_ssim > 0``: the SSIM map costs a few convolutions).
     """
     use_masks = mask_weight > 0 and mask_ir is not None and mask_vis is not None
     w_i = 1.0 + mask_weight * mask_ir if use_masks else None
     w_g = 1.0 + mask_weight * mask_vis if use_masks else None
-    if intensity_target != "max" and mask_ir is None:
-        raise ValueError(f"intensity_target={intensity_target!r} needs the IR mask: use a mask source "
-                         "(masks=prior|sam|labels) or intensity_target=max")
     target = target_intensity(ir, y_vis, mask_ir, intensity_target)
     l_int = intensity_loss(y_f, ir, y_vis, w_i, target)
     l_grad = gradient_loss(y_f, ir, y_vis, w_g)

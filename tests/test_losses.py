@@ -125,7 +125,7 @@ def test_salient_targets_are_the_max_inside_the_ir_mask_and_a_source_outside():
 
 def test_salient_targets_need_a_mask_and_a_known_name():
     ir, y_vis = _ir_over_flat_vis()
-    with pytest.raises(ValueError, match="needs the IR mask"):
+    with pytest.raises(ValueError, match="needs masks"):
         fusion_loss(ir, ir, y_vis, intensity_target="salient_mean")
     with pytest.raises(ValueError, match="intensity_target='brightest'"):
         target_intensity(ir, y_vis, None, "brightest")

@@ -10,7 +10,6 @@ never read: settings are chosen here and then tested once (README, "Real data on
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ from sgdfuse.data.base import DataError
 from sgdfuse.metrics import FusionMetrics
 from sgdfuse.orchestration import pipeline
 from sgdfuse.orchestration.evaluation import iterate_batches
-
-log = logging.getLogger(__name__)
 
 #: The eight standard metrics a trial is judged by (AG follows SF and is not counted, as in the README).
 STANDARD_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
