@@ -212,6 +212,18 @@ def test_vif_nan_becomes_one_per_source() -> None:
     assert float(MF.vif(flat, flat, flat)[0]) == 2.0
 
 
+def test_row_bands_do_not_change_vif_or_qabf() -> None:
+    # Both go band by band for speed; the band height (here down to 1 row, one band that is taller than the
+    # image, and a last band of 3 rows) only changes the order of the final sums.
+    f, a, b = _grey(seed=3, h=67, w=75), _grey(seed=4, h=67, w=75), _grey(seed=5, h=67, w=75)
+    for fn in (MF.vif, MF.qabf):
+        whole = fn(f, a, b, band=1000)
+        for band in (1, 8, 64):
+            torch.testing.assert_close(fn(f, a, b, band=band), whole, rtol=1e-13, atol=0)
+    assert float(MF.vif(f, a, b)[0]) == pytest.approx(R.vif(*(x[0].numpy() for x in (f, a, b))), rel=1e-12)
+    assert float(MF.qabf(f, a, b)[0]) == pytest.approx(R.qabf(*(x[0].numpy() for x in (f, a, b))), rel=1e-12)
+
+
 def test_psnr_peak_is_max_of_fused() -> None:
     f = torch.zeros(1, 4, 4, dtype=torch.float64)
     f[0, 0, 0] = 200.0
