@@ -1,4 +1,4 @@
-"""Choose Stage-II settings on the validation split (sgdfuse/orchestration/val_trials.py).
+"""Choose settings on the validation split (sgdfuse/orchestration/val_trials.py).
 
     python scripts/val_trials.py --run checkpoints/full/<run_id> --out outputs/val_trials \\
         --trial "run=" --trial "grad3=model.stage2.loss.w_grad=3" \\
@@ -7,6 +7,8 @@
 The trailing overrides are the ones the run was trained with; each ``--trial NAME=OVERRIDES`` retrains phase
 b on the run's Stage I and phase a with OVERRIDES added, and scores the val split. Writes
 ``<out>/<NAME>/stage2_b/`` and ``<out>/trials.csv|md`` (final − Stage I per metric, count at least Stage I).
+With ``--stage stage1`` each trial retrains Stage I instead (``<out>/<NAME>/stage1/``) and its Stage-I
+image is compared with the run's own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def main() -> None:
     parser.add_argument("--run", required=True, type=Path, help="a finished run folder (stage1/, stage2_a/)")
     parser.add_argument("--out", required=True, type=Path, help="where trials and tables go")
     parser.add_argument("--trial", action="append", required=True, help="NAME=OVERRIDES (space-separated)")
+    parser.add_argument("--stage", choices=("stage2_b", "stage1"), default="stage2_b",
+                        help="what each trial retrains: phase b (default) or Stage I")
     parser.add_argument("overrides", nargs="*", help="the run's own train.py overrides")
     args = parser.parse_args()
 
@@ -36,9 +40,7 @@ def main() -> None:
     from sgdfuse.orchestration.val_trials import (
         Trial,
         at_least_stage1,
-        check_run,
-        score_val,
-        train_phase_b,
+        run_trial,
         write_tables,
     )
 
@@ -49,12 +51,11 @@ def main() -> None:
             cfg = compose("train", overrides=[*args.overrides, *trial.overrides])
         validate(cfg)  # types and keys, as train.py checks them
         configure_from_config(cfg)
-        stage1, phase_a = check_run(args.run, cfg)
-        checkpoint = train_phase_b(cfg, stage1, phase_a, args.out / trial.name)
-        scores = score_val(cfg, checkpoint)
+        reference = rows[0]["scores"]["stage1"] if rows and args.stage == "stage1" else None
+        scores = run_trial(cfg, args.run, args.stage, args.out / trial.name, reference)
         rows.append({"trial": trial.name, "overrides": trial.overrides, "scores": scores,
                      "wins": at_least_stage1(scores)})
-        print(f"{trial.name}: final at least Stage I on {len(rows[-1]['wins'])}/{len(scores['final'])} "
+        print(f"{trial.name}: at least the run's Stage I on {len(rows[-1]['wins'])}/{len(scores['final'])} "
               f"({', '.join(rows[-1]['wins'])})", flush=True)
         write_tables(rows, args.out)  # after every trial: a long list can be read while it runs
     print((args.out / "trials.md").read_text())

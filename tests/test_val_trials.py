@@ -60,3 +60,33 @@ def test_trials_retrain_phase_b_on_the_runs_stage1_and_score_the_val_split(tmp_p
     table = (out / "trials.md").read_text()
     assert "`model.stage2.loss.w_ssim=1 model.stage2.loss.w_grad=3`" in table and "(run config)" in table
     assert Path(out / "ssim" / "stage2_b" / "DONE").is_file()
+
+
+def test_stage1_trials_retrain_stage1_only_and_compare_with_the_runs_stage1(tmp_path):
+    overrides = [*BASE, f"paths.checkpoint_dir={tmp_path}/checkpoints", f"paths.cache_dir={tmp_path}/cache",
+                 "stages=[stage1]"]
+    proc = run_script("train.py", *overrides, "run_id=r", f"hydra.run.dir={tmp_path}/hydra")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "checkpoints" / "full" / "r"
+    assert not (run / "stage2_a").exists()  # Stage-I trials need no phase a
+    out = tmp_path / "trials"
+    proc = run_script("scripts/val_trials.py", "--stage", "stage1", "--run", str(run), "--out", str(out),
+                      "--trial", "run=", "--trial", "grad5=model.stage1.loss.w_grad=5", *overrides)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_trials(out)
+    assert [r["trial"] for r in rows] == ["run", "grad5"]
+    assert (out / "grad5" / "stage1" / "DONE").is_file() and not (out / "grad5" / "stage2_b").exists()
+    for m in STANDARD_METRICS:
+        assert rows[0][f"stage1/{m}"] == rows[1][f"stage1/{m}"], m  # the run's own Stage I is the reference
+        # the run's setting retrained with the same seed is the run's Stage I again
+        assert float(rows[0][f"final/{m}"]) == pytest.approx(float(rows[0][f"stage1/{m}"]), abs=1e-6), m
+    assert rows[0]["n_at_least_stage1"] == str(len(STANDARD_METRICS))
+    assert any(rows[1][f"final/{m}"] != rows[0][f"final/{m}"] for m in STANDARD_METRICS)
+
+
+def test_an_unknown_trial_stage_or_a_run_without_stage1_is_refused(tmp_path):
+    cfg = compose_train(BASE)
+    with pytest.raises(ValueError, match="trial stage"):
+        check_run(tmp_path, cfg, "stage2_a")
+    with pytest.raises(FileNotFoundError, match="stage1/last.ckpt"):
+        check_run(tmp_path, cfg, "stage1")

@@ -1,10 +1,12 @@
-"""Choose Stage-II settings on the validation split: phase-b trials on a finished run's Stage I and phase a.
+"""Choose settings on the validation split: trials of one stage against a finished run's own Stage I.
 
-Each trial retrains phase b (the head) from the run's own ``stage1/last.ckpt`` and ``stage2_a/last.ckpt``
-under its config overrides (losses, steps, learning rate, ...), fuses every pair of the data config's
-``val`` split, and scores the final image against that run's own Stage-I image. Phase b is the only phase
-whose training the Stage-II loss options change, so trials cost minutes, not a whole run. Test sets are
-never read: settings are chosen here and then tested once (README, "Real data on a CPU").
+Phase-b trials (``stage2_b``, the default) retrain phase b (the head) from the run's own
+``stage1/last.ckpt`` and ``stage2_a/last.ckpt`` under their config overrides (losses, steps, learning rate,
+...), fuse every pair of the data config's ``val`` split, and score the final image against that run's own
+Stage-I image. Phase b is the only phase whose training the Stage-II loss options change, so trials cost
+minutes, not a whole run. Stage-I trials (``stage1``) retrain Stage I under their overrides and score its
+image against the run's own Stage I in the same way. Test sets are never read: settings are chosen here and
+then tested once (README, "Real data on a CPU").
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from sgdfuse.data.base import DataError
 from sgdfuse.metrics import FusionMetrics
 from sgdfuse.orchestration import pipeline
 from sgdfuse.orchestration.evaluation import iterate_batches
+
+#: What a trial retrains: phase b on the run's Stage I and phase a, or Stage I itself.
+TRIAL_STAGES = ("stage2_b", "stage1")
 
 #: The eight standard metrics a trial is judged by (AG follows SF and is not counted, as in the README).
 STANDARD_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
@@ -49,8 +54,17 @@ class Trial:
         return cls(name.strip(), tuple(rest.split()))
 
 
-def check_run(run_dir: Path, cfg: DictConfig) -> tuple[Path, Path]:
-    """The run's Stage-I and phase-a checkpoints; a clear error when the run cannot serve as a base."""
+def check_run(run_dir: Path, cfg: DictConfig, stage: str = "stage2_b") -> tuple[Path, Path | None]:
+    """The run's Stage-I and phase-a checkpoints (phase a: None for Stage-I trials, which do not need it);
+    a clear error when the run cannot serve as a base."""
+    if stage not in TRIAL_STAGES:
+        raise ValueError(f"trial stage {stage!r}: use one of {list(TRIAL_STAGES)}")
+    if stage == "stage1":
+        stage1 = run_dir / "stage1" / "last.ckpt"
+        if not stage1.is_file():
+            raise FileNotFoundError(f"{run_dir} has no Stage I to compare trials with: missing {stage1}. "
+                                    "Train it first (python train.py ... with the same overrides).")
+        return stage1, None
     if list(cfg.stage2_phases) != ["a", "b"]:
         raise ValueError(f"val trials retrain phase b after phase a; this config's stage2_phases is "
                          f"{list(cfg.stage2_phases)} (use a run with stage2_phases=[a,b])")
@@ -75,10 +89,32 @@ def train_phase_b(cfg: DictConfig, stage1: Path, phase_a: Path, out_dir: Path) -
     return pipeline.fit_stage(cfg, "stage2_b", module, datamodule)
 
 
+def train_stage1(cfg: DictConfig, out_dir: Path) -> Path:
+    """Stage I of ``cfg`` in ``out_dir/stage1`` (resumes if started), seeded as ``train.py`` seeds a run."""
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(out_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = pipeline.build_datamodule(cfg)
+    return pipeline.fit_stage(cfg, "stage1", pipeline.build_stage1(cfg), datamodule)
+
+
+def run_trial(cfg: DictConfig, run_dir: Path, stage: str, out_dir: Path,
+              reference: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """Train one trial of ``stage`` into ``out_dir`` and score it on the val split.
+
+    Returns ``stage1`` (the run's own Stage I: for Stage-I trials ``reference`` if given, else scored here)
+    and ``final`` (the trial's final image; for Stage-I trials, the trial's Stage-I image)."""
+    stage1, phase_a = check_run(run_dir, cfg, stage)
+    if stage == "stage2_b":
+        return score_val(cfg, train_phase_b(cfg, stage1, phase_a, out_dir))
+    trial = score_val(cfg, train_stage1(cfg, out_dir))["final"]
+    return {"stage1": reference if reference is not None else score_val(cfg, stage1)["final"], "final": trial}
+
+
 @torch.no_grad()
 def score_val(cfg: DictConfig, checkpoint: Path,
               metrics: Sequence[str] = STANDARD_METRICS) -> dict[str, dict[str, float]]:
-    """Means over the val split of the Stage-I and final images of a Stage-II checkpoint."""
+    """Means over the val split of the images a checkpoint gives: ``final``, and ``stage1`` for Stage II."""
     from lightning_modules import load_fusion_model
 
     if cfg.data.get("val") is None:
@@ -87,12 +123,12 @@ def score_val(cfg: DictConfig, checkpoint: Path,
     masks = instantiate(cfg.masks.source)
     masks.prepare(pairs, "val")
     model = load_fusion_model(checkpoint)
-    scores = {name: FusionMetrics(metrics) for name in ("stage1", "final")}
+    scores: dict[str, FusionMetrics] = {}
     desc = f"val {checkpoint.parent.parent.name}"
     for batch in tqdm(iterate_batches(pairs, masks), total=len(pairs), desc=desc, unit="pair"):
-        out = model.fuse(batch)
-        for name, metric in scores.items():
-            metric.update(out[name].float().clamp(0, 1), batch["ir"], batch["vis"], batch["name"])
+        for name, image in model.fuse(batch).items():
+            metric = scores.setdefault(name, FusionMetrics(metrics))
+            metric.update(image.float().clamp(0, 1), batch["ir"], batch["vis"], batch["name"])
     return {name: {k: float(v) for k, v in m.compute().items()} for name, m in scores.items()}
 
 
