@@ -367,13 +367,14 @@ def test_end_to_end_train_then_score_with_dilated_masks_then_report(tmp_path):
     proc = run_script("report.py", f"local.dirs=[{tmp_path}/ck]", f"output_dir={out}",
                       "reference=stage1_only", f"hydra.run.dir={tmp_path}/hydra")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "### Mask robustness on test" in proc.stdout and "| mask_dilate k=3 | 1 |" in proc.stdout
+    # the synthetic data module names its one test set "synthetic"
+    assert "### Mask robustness on synthetic" in proc.stdout and "| mask_dilate k=3 | 1 |" in proc.stdout
     rows = {r["experiment"]: r for r in csv.DictReader((out / "report.csv").open())
             if r["table"] == "robustness"}
     # Stage I does not read masks: its checkpoint scored with dilated masks must give its own numbers
     assert rows["mask_dilate k=3"]["Qabf_mean"] == rows["stage1_only"]["Qabf_mean"]
     assert float(rows["mask_dilate k=3"]["Qabf_delta_stage1_only"]) == 0.0
-    with Image.open(out / "test_robustness.png") as image:
+    with Image.open(out / "synthetic_robustness.png") as image:
         assert image.format == "PNG"
 
 
