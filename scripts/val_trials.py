@@ -25,7 +25,8 @@ os.environ.setdefault("PROJECT_ROOT", str(REPO))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, type=Path, help="a finished run folder (stage1/, stage2_a/)")
+    parser.add_argument("--run", required=True, type=Path,
+                        help="a finished run folder (stage1/, and stage2_a/ for phase-b trials)")
     parser.add_argument("--out", required=True, type=Path, help="where trials and tables go")
     parser.add_argument("--trial", action="append", required=True, help="NAME=OVERRIDES (space-separated)")
     parser.add_argument("--stage", choices=("stage2_b", "stage1"), default="stage2_b",
@@ -34,30 +35,36 @@ def main() -> None:
     args = parser.parse_args()
 
     from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig
 
     from sgdfuse.orchestration.cpu import configure_from_config
     from sgdfuse.orchestration.pipeline import validate
     from sgdfuse.orchestration.val_trials import (
         Trial,
         at_least_stage1,
+        run_stage1_scores,
         run_trial,
         write_tables,
     )
 
-    trials = [Trial.parse(spec) for spec in args.trial]
-    rows = []
-    for trial in trials:
+    def config(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            cfg = compose("train", overrides=[*args.overrides, *trial.overrides])
+            cfg = compose("train", overrides=overrides)
         validate(cfg)  # types and keys, as train.py checks them
         configure_from_config(cfg)
-        reference = rows[0]["scores"]["stage1"] if rows and args.stage == "stage1" else None
+        return cfg
+
+    trials = [Trial.parse(spec) for spec in args.trial]
+    reference = run_stage1_scores(config(args.overrides), args.run) if args.stage == "stage1" else None
+    rows = []
+    for trial in trials:
+        cfg = config([*args.overrides, *trial.overrides])
         scores = run_trial(cfg, args.run, args.stage, args.out / trial.name, reference)
         rows.append({"trial": trial.name, "overrides": trial.overrides, "scores": scores,
                      "wins": at_least_stage1(scores)})
         print(f"{trial.name}: at least the run's Stage I on {len(rows[-1]['wins'])}/{len(scores['final'])} "
               f"({', '.join(rows[-1]['wins'])})", flush=True)
-        write_tables(rows, args.out)  # after every trial: a long list can be read while it runs
+        write_tables(rows, args.out, args.stage)  # after every trial: a long list can be read while it runs
     print((args.out / "trials.md").read_text())
 
 

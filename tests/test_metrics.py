@@ -222,6 +222,17 @@ def test_row_bands_do_not_change_vif_or_qabf() -> None:
             torch.testing.assert_close(fn(f, a, b, band=band), whole, rtol=1e-13, atol=0)
     assert float(MF.vif(f, a, b)[0]) == pytest.approx(R.vif(*(x[0].numpy() for x in (f, a, b))), rel=1e-12)
     assert float(MF.qabf(f, a, b)[0]) == pytest.approx(R.qabf(*(x[0].numpy() for x in (f, a, b))), rel=1e-12)
+    with pytest.raises(ValueError, match="band=0"):
+        MF.vif(f, a, b, band=0)
+
+
+def test_uint8_and_float32_grey_levels_score_as_float64() -> None:
+    # The products inside SSIM/VIF/Qabf must not overflow uint8 nor round in float32.
+    f, a, b = _grey(seed=6, h=67, w=75), _grey(seed=7, h=67, w=75), _grey(seed=8, h=67, w=75)
+    for fn in (MF.ssim, MF.vif, MF.qabf):
+        want = fn(f, a, b)
+        for dtype in (torch.uint8, torch.float32):
+            assert fn(*(x.to(dtype) for x in (f, a, b))).double() == pytest.approx(want, rel=1e-12), (fn, dtype)
 
 
 def test_psnr_peak_is_max_of_fused() -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sgdfuse.orchestration.val_trials import STANDARD_METRICS, Trial, at_least_stage1, check_run, read_trials
+from sgdfuse.orchestration.val_trials import (
+    STANDARD_METRICS,
+    Trial,
+    at_least_stage1,
+    check_run,
+    read_trials,
+    run_stage1_scores,
+)
 from tests.conftest import TINY_STAGE2, compose_train, run_script
 
 BASE = ["preset=cpu", "debug=fast", "logger=csv", "model.stage1.net.channels=8",
@@ -69,19 +76,23 @@ def test_stage1_trials_retrain_stage1_only_and_compare_with_the_runs_stage1(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "checkpoints" / "full" / "r"
     assert not (run / "stage2_a").exists()  # Stage-I trials need no phase a
+    own_stage1 = (run / "stage1" / "last.ckpt").stat().st_mtime_ns
     out = tmp_path / "trials"
     proc = run_script("scripts/val_trials.py", "--stage", "stage1", "--run", str(run), "--out", str(out),
-                      "--trial", "run=", "--trial", "grad5=model.stage1.loss.w_grad=5", *overrides)
+                      "--trial", "grad5=model.stage1.loss.w_grad=5", "--trial", "run=", *overrides)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_trials(out)
-    assert [r["trial"] for r in rows] == ["run", "grad5"]
+    assert [(r["trial"], r["stage"]) for r in rows] == [("grad5", "stage1"), ("run", "stage1")]
     assert (out / "grad5" / "stage1" / "DONE").is_file() and not (out / "grad5" / "stage2_b").exists()
+    assert (run / "stage1" / "last.ckpt").stat().st_mtime_ns == own_stage1  # the run itself is untouched
+    reference = run_stage1_scores(compose_train(overrides), run)  # the run's own Stage I, scored here
     for m in STANDARD_METRICS:
-        assert rows[0][f"stage1/{m}"] == rows[1][f"stage1/{m}"], m  # the run's own Stage I is the reference
+        assert all(float(r[f"stage1/{m}"]) == pytest.approx(reference[m], abs=1e-6) for r in rows), m
         # the run's setting retrained with the same seed is the run's Stage I again
-        assert float(rows[0][f"final/{m}"]) == pytest.approx(float(rows[0][f"stage1/{m}"]), abs=1e-6), m
-    assert rows[0]["n_at_least_stage1"] == str(len(STANDARD_METRICS))
-    assert any(rows[1][f"final/{m}"] != rows[0][f"final/{m}"] for m in STANDARD_METRICS)
+        assert rows[1][f"final/{m}"] == rows[1][f"stage1/{m}"], m
+    assert rows[1]["n_at_least_stage1"] == str(len(STANDARD_METRICS))
+    assert any(rows[0][f"final/{m}"] != rows[1][f"final/{m}"] for m in STANDARD_METRICS)
+    assert "the trial's Stage-I image − the run's own Stage I" in (out / "trials.md").read_text()
 
 
 def test_an_unknown_trial_stage_or_a_run_without_stage1_is_refused(tmp_path):

@@ -97,7 +97,7 @@ class _ValidFFT:
         self.size = (_fast_len(h), _fast_len(w))
 
     def spectrum(self, x: Tensor) -> Tensor:
-        return torch.fft.rfft2(x if x.is_floating_point() else x.double(), s=self.size)
+        return torch.fft.rfft2(x.double(), s=self.size)
 
     def kernel(self, kernel_1d: Tensor) -> Tensor:
         """The kernel's real spectrum on this grid (rfft2 layout)."""
@@ -110,6 +110,11 @@ class _ValidFFT:
         outs = [torch.fft.irfft2(s * k, s=self.size)[..., c : self.h - c : step, c : self.w - c : step]
                 for s in spectra]
         return torch.stack(outs, 1)
+
+
+def _check_band(band: int) -> None:
+    if band < 1:
+        raise ValueError(f"band={band}: the row-band height must be at least 1")
 
 
 def _centred_spectrum(kernel_1d: Tensor, n: int) -> Tensor:
@@ -230,7 +235,8 @@ def vif(f: Tensor, a: Tensor, b: Tensor, band: int = 64) -> Tensor:
     degenerate-variance rules are the reference's. The per-pixel terms go in bands of ``band`` rows, as
     in :func:`qabf`.
     """
-    images = [a, b, f]  # at the current scale
+    _check_band(band)
+    images = [x.double() for x in (a, b, f)]  # at the current scale
     num = torch.zeros(a.shape[0], 2, dtype=torch.float64, device=f.device)
     den = torch.zeros_like(num)
     windows = _vif_windows(f.device)
@@ -309,7 +315,8 @@ def qabf(f: Tensor, a: Tensor, b: Tensor, band: int = 64) -> Tensor:
 
     Computed in bands of ``band`` rows: the two dozen float64 temporaries of a whole 640×480 image fall
     out of the cache (the per-band loop was 1.4× faster there, one thread)."""
-    padded = [F.pad(x, (1, 1, 1, 1)) for x in (a, b, f)]
+    _check_band(band)
+    padded = [F.pad(x.double(), (1, 1, 1, 1)) for x in (a, b, f)]
     num = den = torch.zeros(f.shape[0], dtype=torch.float64, device=f.device)
     for top in range(0, f.shape[-2], band):
         rows = slice(top, min(top + band, f.shape[-2]) + 2)  # the band and its one-row halo
@@ -351,9 +358,10 @@ def _ssim_skimage(x: Tensor, ys: list[Tensor], data_range: float = 2.0) -> Tenso
 
     torchmetrics' SSIM is not used: it has a Gaussian window and population covariance, skimage's default
     is a 7×7 uniform window with the N/(N-1) sample covariance, evaluated in float32 (whose rounding matters
-    here because data_range = 2 makes C1, C2 tiny next to 0..255 data). One plane at a time (see
-    :class:`_ValidFFT`).
+    here because data_range = 2 makes C1, C2 tiny next to 0..255 data). One plane at a time: a stack of
+    them falls out of the cache, as in :class:`_ValidFFT`.
     """
+    x, ys = x.float(), [y.float() for y in ys]  # before the products: uint8 would overflow
     planes = [x, x * x, *ys, *(y * y for y in ys), *(x * y for y in ys)]
     stats = torch.stack([_box_mean7_f32(p) for p in planes], 1)
     ux, uxx, uy, uyy, uxy = stats.split([1, 1, len(ys), len(ys), len(ys)], dim=1)

@@ -98,17 +98,26 @@ def train_stage1(cfg: DictConfig, out_dir: Path) -> Path:
     return pipeline.fit_stage(cfg, "stage1", pipeline.build_stage1(cfg), datamodule)
 
 
+def run_stage1_scores(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """The run's own Stage I on the val split: the reference of Stage-I trials (score it under the run's own
+    config, so that a trial's data or mask overrides do not move the reference)."""
+    stage1, _ = check_run(run_dir, cfg, "stage1")
+    return score_val(cfg, stage1)["final"]
+
+
 def run_trial(cfg: DictConfig, run_dir: Path, stage: str, out_dir: Path,
               reference: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
     """Train one trial of ``stage`` into ``out_dir`` and score it on the val split.
 
-    Returns ``stage1`` (the run's own Stage I: for Stage-I trials ``reference`` if given, else scored here)
-    and ``final`` (the trial's final image; for Stage-I trials, the trial's Stage-I image)."""
+    Returns ``stage1`` (the run's own Stage I; for Stage-I trials ``reference``, from
+    :func:`run_stage1_scores`) and ``final`` (the trial's final image; for Stage-I trials, the trial's
+    Stage-I image)."""
     stage1, phase_a = check_run(run_dir, cfg, stage)
     if stage == "stage2_b":
         return score_val(cfg, train_phase_b(cfg, stage1, phase_a, out_dir))
-    trial = score_val(cfg, train_stage1(cfg, out_dir))["final"]
-    return {"stage1": reference if reference is not None else score_val(cfg, stage1)["final"], "final": trial}
+    if reference is None:
+        raise ValueError("Stage-I trials compare with the run's own Stage I: pass run_stage1_scores(...)")
+    return {"stage1": reference, "final": score_val(cfg, train_stage1(cfg, out_dir))["final"]}
 
 
 @torch.no_grad()
@@ -137,18 +146,24 @@ def at_least_stage1(scores: dict[str, dict[str, float]]) -> list[str]:
     return [m for m in scores["final"] if scores["final"][m] >= scores["stage1"][m]]
 
 
-def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> None:
-    """``trials.csv`` (both images, every metric) and ``trials.md`` (final − Stage I, count ≥ Stage I)."""
+#: What the ``final`` columns hold, per trial stage (``stage1`` is always the run's own Stage I).
+_FINAL_MEANS = {"stage2_b": "the trial's final image", "stage1": "the trial's Stage-I image"}
+
+
+def write_tables(rows: list[dict[str, Any]], out_dir: Path, stage: str = "stage2_b") -> None:
+    """``trials.csv`` (both images, every metric, the trial stage) and ``trials.md`` (final − Stage I,
+    count ≥ Stage I)."""
     metrics = list(rows[0]["scores"]["final"])
-    header = ["trial", "overrides", "n_at_least_stage1"] + [f"{o}/{m}" for o in ("stage1", "final")
-                                                             for m in metrics]
+    header = ["trial", "stage", "overrides", "n_at_least_stage1"] + [f"{o}/{m}" for o in ("stage1", "final")
+                                                                      for m in metrics]
     lines = [",".join(header)]
     for r in rows:
         values = [r["scores"][o][m] for o in ("stage1", "final") for m in metrics]
-        lines.append(",".join([r["trial"], f'"{" ".join(r["overrides"])}"', str(len(r["wins"]))]
+        lines.append(",".join([r["trial"], stage, f'"{" ".join(r["overrides"])}"', str(len(r["wins"]))]
                               + [f"{v:.6f}" for v in values]))
     atomic_write_text(out_dir / "trials.csv", "\n".join(lines) + "\n")
-    md = ["| trial | overrides | ≥ Stage I | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
+    md = [f"Trials of `{stage}` on the val split; Δ = {_FINAL_MEANS[stage]} − the run's own Stage I.", "",
+          "| trial | overrides | ≥ Stage I | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
           "|---|---|---:|" + "---:|" * len(metrics)]
     for r in rows:
         deltas = [r["scores"]["final"][m] - r["scores"]["stage1"][m] for m in metrics]
