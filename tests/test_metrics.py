@@ -232,7 +232,8 @@ def test_uint8_and_float32_grey_levels_score_as_float64() -> None:
     for fn in (MF.ssim, MF.vif, MF.qabf):
         want = fn(f, a, b)
         for dtype in (torch.uint8, torch.float32):
-            assert fn(*(x.to(dtype) for x in (f, a, b))).double() == pytest.approx(want, rel=1e-12), (fn, dtype)
+            got = fn(*(x.to(dtype) for x in (f, a, b))).double()
+            assert got == pytest.approx(want, rel=1e-12), (fn, dtype)
 
 
 def test_psnr_peak_is_max_of_fused() -> None:
