@@ -75,7 +75,7 @@ def intensity_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
                    weight: torch.Tensor | None = None, target: torch.Tensor | None = None) -> torch.Tensor:
     """(Weighted) L1 between the fused luminance and ``target`` (default: the pixel-wise max of the
     sources)."""
-    target = torch.maximum(ir, y_vis) if target is None else target
+    target = target_intensity(ir, y_vis) if target is None else target
     return _weighted_mean((y_f - target).abs(), weight)
 
 

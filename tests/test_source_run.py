@@ -116,3 +116,12 @@ def test_stage_folder_names_agree_with_the_pipeline():
     joint = OmegaConf.create({"stages": ["stage2"], "stage2_phases": ["joint"]})
     assert training_stages(joint.stages, joint.stage2_phases) == pipeline._training_stages(joint)
     assert pipeline._training_stages(joint) == ["stage2_joint"]
+
+
+def test_differing_keys_with_a_recorded_config_skips_only_what_newer_code_added():
+    from sgdfuse.orchestration.run_folders import differing_keys
+
+    recorded = {"a": {"b": 1, "c": {}}, "d": [1, 2], "e": {"x": 1}}
+    current = {"a": {"b": 1, "c": {"new": 3}, "added": 5}, "d": [1, 2], "e": 7, "f": 1}
+    assert differing_keys(recorded, current, recorded_may_lack=True) == ["e.x"]  # a recorded leaf changed
+    assert differing_keys(recorded, current) == ["a.added", "a.c", "a.c.new", "e", "e.x", "f"]

@@ -37,7 +37,7 @@ from sgdfuse.atomic import atomic_write_json, atomic_write_text
 from sgdfuse.models.stage2.phases import check_phase_sequence
 from sgdfuse.orchestration.config_schema import FILLED_BY_PIPELINE, ConfigError, TrainConfig, check_config
 from sgdfuse.orchestration.distributed import is_global_rank_zero
-from sgdfuse.orchestration.run_folders import training_stages
+from sgdfuse.orchestration.run_folders import differing_keys, training_stages
 from sgdfuse.orchestration.slurm import record_requeue_command
 from sgdfuse.orchestration.source_run import find_source_run
 from sgdfuse.orchestration.wandb_utils import wandb_offline
@@ -122,7 +122,10 @@ def check_run_config(cfg: DictConfig, run_dir: Path) -> None:
     path = run_dir / "run_config.yaml"
     if path.is_file():
         recorded = OmegaConf.to_container(OmegaConf.load(path))
-        diff = sorted(_diff_keys(_training_identity(recorded), _training_identity(current)))
+        # a key the recorded config lacks was added by newer code: not compared (as for checkpoints,
+        # :func:`_hparam_diffs`), so runs recorded by older code still resume
+        diff = differing_keys(_training_identity(recorded), _training_identity(current),
+                              recorded_may_lack=True)
         if not diff:
             return
         if _any_stage_started(run_dir):
@@ -149,17 +152,6 @@ def _any_stage_started(run_dir: Path) -> bool:
 def _stage_started(stage_dir: Path) -> bool:
     """A checkpoint or a ``DONE`` marker: something trained under this folder's config."""
     return any(stage_dir.glob("*.ckpt")) or (stage_dir / MARKER).is_file()
-
-
-def _diff_keys(recorded: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted keys that differ; a key the recorded config lacks was added by newer code: not compared
-    (as for checkpoints, :func:`_hparam_diffs`), so runs recorded by older code still resume."""
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        out = []
-        for key in recorded:
-            out += _diff_keys(recorded[key], current.get(key), f"{prefix}{key}.")
-        return out
-    return [] if recorded == current else [prefix.rstrip(".")]
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

@@ -150,6 +150,14 @@ def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Iterable[
     not compared (the rule of resuming a run and of loading a checkpoint), so older runs still match.
     """
     ignore = tuple(ignore)
-    fa, fb = flatten(a), flatten(b)
+    fa, fb = flatten(a), flatten(_restricted(b, a) if recorded_may_lack else b)
     keys = fa.keys() if recorded_may_lack else fa.keys() | fb.keys()
     return sorted(k for k in keys if fa.get(k) != fb.get(k) and not is_ignored(k, ignore))
+
+
+def _restricted(current: Any, recorded: Any) -> Any:
+    """``current`` cut to the mapping keys ``recorded`` has, recursively (a recorded empty mapping keeps
+    none): what newer code added is not compared."""
+    if isinstance(recorded, Mapping) and isinstance(current, Mapping):
+        return {k: _restricted(current.get(k), v) for k, v in recorded.items()}
+    return current
