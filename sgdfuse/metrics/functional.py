@@ -104,12 +104,11 @@ class _ValidFFT:
         rows, cols = (_centred_spectrum(kernel_1d.double(), n) for n in self.size)
         return rows[:, None] * cols[: self.size[1] // 2 + 1]
 
-    def filter(self, spectra: list[Tensor], kernel_1d: Tensor, step: int = 1) -> Tensor:
-        """B×C×H'×W': the valid correlation of each spectrum's image, every ``step``-th row and column."""
+    def filter(self, spectra: list[Tensor], kernel_1d: Tensor, step: int = 1) -> list[Tensor]:
+        """B×H'×W' each: the valid correlation of each spectrum's image, every ``step``-th row and column."""
         k, c = self.kernel(kernel_1d), kernel_1d.numel() // 2
-        outs = [torch.fft.irfft2(s * k, s=self.size)[..., c : self.h - c : step, c : self.w - c : step]
+        return [torch.fft.irfft2(s * k, s=self.size)[..., c : self.h - c : step, c : self.w - c : step]
                 for s in spectra]
-        return torch.stack(outs, 1)
 
 
 def _check_band(band: int) -> None:
@@ -250,9 +249,9 @@ def vif(f: Tensor, a: Tensor, b: Tensor, band: int = 64) -> Tensor:
         ir, vis, fused = images
         pairs = ((ir, ir), (vis, vis), (fused, fused), (ir, fused), (vis, fused))
         products = [fft.spectrum(x * y) for x, y in pairs]
-        moments = fft.filter(spectra + products, win)  # A B F, A² B² F², AF BF
+        moments = torch.stack(fft.filter(spectra + products, win), 1)  # A B F, A² B² F², AF BF
         if scale < len(windows):  # the next scale: these images filtered with its window, every other pixel
-            images = list(fft.filter(spectra, windows[scale], step=2).unbind(1))
+            images = fft.filter(spectra, windows[scale], step=2)
         for top in range(0, moments.shape[-2], band):
             n, d = _vif_sums(moments[..., top : top + band, :])
             num, den = num + n, den + d
