@@ -226,6 +226,20 @@ def test_row_bands_do_not_change_vif_or_qabf() -> None:
         MF.vif(f, a, b, band=0)
 
 
+def test_vif_downsampling_keeps_only_every_other_valid_pixel() -> None:
+    # VIF's next-scale images: the valid 2-D correlation with the scale's window, rows and columns 0, 2, 4...
+    # (odd and even sizes, so that the last kept pixel sits on the border of the valid region or not).
+    from scipy.signal import convolve2d
+
+    for h, w in ((41, 41), (48, 63), (37, 50)):
+        x = _grey(seed=h + w, h=h, w=w)
+        for k1 in MF._vif_windows(x.device)[1:]:
+            want = convolve2d(x[0].numpy(), torch.outer(k1, k1).numpy(), mode="valid")[::2, ::2]
+            got = MF._valid_correlate_step2(x, k1)[0].numpy()
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-10)
+
+
 def test_uint8_and_float32_grey_levels_score_as_float64() -> None:
     # The products inside SSIM/VIF/Qabf must not overflow uint8 nor round in float32.
     f, a, b = _grey(seed=6, h=67, w=75), _grey(seed=7, h=67, w=75), _grey(seed=8, h=67, w=75)

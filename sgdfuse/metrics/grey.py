@@ -13,27 +13,24 @@ import torch
 _CR, _CG, _CB = (torch.tensor(c, dtype=torch.float32).item() for c in (0.299, 0.587, 0.114))
 
 
-def _fma32(x: torch.Tensor, c: float, acc: torch.Tensor) -> torch.Tensor:
-    """``x*c + acc`` with one float32 rounding: float64 holds the 8-bit × float32 product exactly."""
-    return (x.double() * c + acc.double()).float()
-
-
 def luma8(rgb255: torch.Tensor) -> torch.Tensor:
     """B×3×H×W integer-valued RGB in 0..255 -> B×H×W float32 integer-valued luma.
 
     The evaluation order is OpenCV's SIMD path, ``fma(R, cr, fma(B, cb, G*cg))`` in float32: it reproduces
     ``cv2.cvtColor(float32, COLOR_BGR2GRAY)`` bit for bit on all 2^24 RGB triples, so the rounding to even
     below lands on the same integer as the reference loader even where the luma is within float32 noise
-    of x.5.
+    of x.5. Each fma is a float64 multiply-add (which holds the 8-bit × float32 product and the sum exactly)
+    rounded once to float32; in place, to keep the passes over the image few.
     """
-    r, g, b = (rgb255[:, i].float() for i in range(3))
-    y = _fma32(r, _CR, _fma32(b, _CB, g * _CG))
-    return torch.round(y)  # round half to even, as np.round
+    r, g, b = rgb255.float().unbind(1)
+    y = b.double().mul_(_CB).add_(g * _CG).float()
+    y = r.double().mul_(_CR).add_(y).float()
+    return y.round_()  # round half to even, as np.round
 
 
 def quantize8(image01: torch.Tensor) -> torch.Tensor:
     """Float image in [0, 1] -> integer-valued float32 in 0..255, as an 8-bit PNG writer stores it."""
-    return torch.round(image01.float().clamp(0.0, 1.0) * 255.0)
+    return image01.float().clamp(0.0, 1.0).mul_(255.0).round_()
 
 
 def to_grey8(images: torch.Tensor) -> torch.Tensor:
