@@ -15,6 +15,7 @@ from sgdfuse.color import recombine, rgb_to_y
 from sgdfuse.data.folder import FolderPairs
 from sgdfuse.metrics import DEFAULT_METRICS, FusionMetrics, score_pair, to_grey8
 from sgdfuse.metrics import functional as MF
+from sgdfuse.metrics.grey import luma8
 from tests import metrics_numpy_reference as R
 
 # Small full-size pairs (odd sizes; grey TNO; colour RoadScene, one only 161 px high); the largest TNO pair
@@ -382,6 +383,35 @@ def test_nan_input_is_an_error_naming_the_pair() -> None:
     with pytest.raises(ValueError, match=r"p1.*fused.*NaN"):
         metric.update(fused, ir, vis, names=names)
     assert int(metric.count) == 0  # nothing of the bad batch entered the mean
+
+
+def test_opposite_infinities_and_float16_overflow_take_the_per_pair_search() -> None:
+    # The fast check sums each image: +inf and -inf in one image sum to NaN and must still be caught; a
+    # float16 batch whose sum exceeds float16's range must not be mistaken for a bad pixel.
+    fused, ir, vis, names = _batch(b=3)
+    ir[2, 0, 1, 1], ir[2, 0, 2, 2] = float("inf"), float("-inf")
+    with pytest.raises(ValueError, match=r"p2.*IR.*NaN or inf"):
+        FusionMetrics(["EN"]).update(fused, ir, vis, names=names)
+    fused, ir, vis, names = _batch(b=3, h=200, w=240)
+    half = [x.half() for x in (fused, ir, vis)]
+    assert not torch.isfinite(half[0].sum())  # a float16 sum of this batch overflows
+    metric = FusionMetrics(["EN", "SD"])
+    metric.update(*half, names=names)
+    assert int(metric.count) == 3
+
+
+def test_grey_conversion_leaves_the_callers_images_alone() -> None:
+    # to_grey8 works in place on its own copies; float32 input (0..1 or 0..255) must come back unchanged.
+    rgb01 = torch.rand(2, 3, 9, 11)
+    rgb255 = torch.round(torch.rand(2, 3, 9, 11) * 255)
+    grey = torch.rand(2, 1, 9, 11)
+    for x in (rgb01, grey):
+        before = x.clone()
+        to_grey8(x)
+        assert torch.equal(x, before)
+    before = rgb255.clone()
+    luma8(rgb255)
+    assert torch.equal(rgb255, before)
 
 
 def test_size_mismatch_is_an_error_naming_the_pair() -> None:

@@ -80,9 +80,9 @@ def check_inputs(fused: Tensor, ir: Tensor, vis: Tensor, names: Sequence[str]) -
         raise ValueError(f"pair {', '.join(names)}: image sizes differ (H, W) {sizes}; the fused image must "
                          "have its sources' size (no cropping or resizing before scoring).")
     for label, t in (("fused", fused), ("IR", ir), ("VIS", vis)):
-        # One sum is enough when it is finite (a NaN or inf pixel makes it NaN or inf); only otherwise
-        # find the pairs (a finite sum that overflows just leads here too).
-        if t.is_floating_point() and not torch.isfinite(t.sum()):
+        # A NaN or inf pixel makes the image's sum NaN or inf, so a finite sum clears the whole batch at once;
+        # only a non-finite one (or a sum too large for float32, which is harmless) searches pair by pair.
+        if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float32)):
             bad = ~torch.isfinite(t).flatten(1).all(1)
             if bad.any():
                 which = [names[i] for i in bad.nonzero().flatten().tolist()]

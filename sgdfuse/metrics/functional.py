@@ -84,11 +84,12 @@ class _ValidFFT:
 
     Same values as the direct convolution to ~1e-15 relative, several times faster than the separable
     float64 ``conv2d`` for VIF's 17×17 window on a 640×480 CPU image. Circular convolution of the
-    zero-extended image with the kernel centred on index 0: a symmetric kernel then has a real spectrum
-    (the outer product of two 1-D spectra), and outputs more than k//2 from the borders see no wrap-around:
-    they are the valid correlation. The inverse transform's 1/(H·W) is folded into the kernel's spectrum
-    (one pass less per image). Images go one at a time: eight full-size float64 channels in one batched
-    transform (20 MB) fall out of the cache and took twice as long per channel (640×480, one thread).
+    zero-extended image with the kernel centred on index 0: a symmetric kernel then has a real spectrum (the
+    outer product of two 1-D spectra), and outputs more than k//2 from the borders see no wrap-around:
+    they are the valid correlation. The inverse transform's 1/n (n: the FFT grid's size, H·W rounded up
+    to fast lengths) is folded into the kernel's spectrum (one pass less per image). Images go one at a
+    time: eight full-size float64 channels in one batched transform (20 MB) fall out of the cache and
+    took twice as long per channel (640×480, one thread).
     """
 
     def __init__(self, h: int, w: int) -> None:
@@ -99,8 +100,9 @@ class _ValidFFT:
         return torch.fft.rfft2(x.double(), s=self.size)
 
     def kernel(self, kernel_1d: Tensor) -> Tensor:
-        """The kernel's spectrum on this grid (rfft2 layout), divided by H·W, as complex: a complex-complex
-        product is faster than torch's complex-real one, which converts the real operand each time."""
+        """The kernel's spectrum on this grid (rfft2 layout), divided by the grid's size, as complex: a
+        complex-complex product is faster than torch's complex-real one, which converts the real operand
+        each time."""
         rows, cols = (_centred_spectrum(kernel_1d.double(), n) for n in self.size)
         k = rows[:, None] * cols[: self.size[1] // 2 + 1] / (self.size[0] * self.size[1])
         return k.to(torch.complex128)
@@ -108,6 +110,7 @@ class _ValidFFT:
     def filter(self, spectra: list[Tensor], kernel_1d: Tensor) -> list[Tensor]:
         """B×H'×W' each: the valid correlation of each spectrum's image."""
         k, c = self.kernel(kernel_1d), kernel_1d.numel() // 2
+        # norm="forward": no 1/n on the inverse, the kernel carries it.
         return [torch.fft.irfft2(s * k, s=self.size, norm="forward")[..., c : self.h - c, c : self.w - c]
                 for s in spectra]
 
@@ -250,9 +253,8 @@ def vif(f: Tensor, a: Tensor, b: Tensor, band: int = 64) -> Tensor:
 
     A and B share F's moments: per scale the eight local moments (A, B, F, A², B², F², AF, BF) are filtered
     ('valid', float64, by FFT); the next scale's images are the sources filtered with its window, every
-    other pixel (:func:`_valid_correlate_step2`). The
-    degenerate-variance rules are the reference's. The per-pixel terms go in bands of ``band`` rows, as
-    in :func:`qabf`.
+    other pixel (:func:`_valid_correlate_step2`). The degenerate-variance rules are the reference's. The
+    per-pixel terms go in bands of ``band`` rows, as in :func:`qabf`.
     """
     _check_band(band)
     images = [x.double() for x in (a, b, f)]  # at the current scale

@@ -22,7 +22,7 @@ def luma8(rgb255: torch.Tensor) -> torch.Tensor:
     of x.5. Each fma is a float64 multiply-add (which holds the 8-bit × float32 product and the sum exactly)
     rounded once to float32; in place, to keep the passes over the image few.
     """
-    r, g, b = rgb255.float().unbind(1)
+    r, g, b = rgb255.float().unbind(1)  # views of the caller's tensor when it is float32: never in place
     y = b.double().mul_(_CB).add_(g * _CG).float()
     y = r.double().mul_(_CR).add_(y).float()
     return y.round_()  # round half to even, as np.round
