@@ -42,6 +42,7 @@ def main() -> None:
     from sgdfuse.orchestration.val_trials import (
         Trial,
         at_least_stage1,
+        judged_metrics,
         run_stage1_scores,
         run_trial,
         write_tables,
@@ -62,7 +63,8 @@ def main() -> None:
         scores = run_trial(cfg, args.run, args.stage, args.out / trial.name, reference)
         rows.append({"trial": trial.name, "overrides": trial.overrides, "scores": scores,
                      "wins": at_least_stage1(scores)})
-        print(f"{trial.name}: at least the run's Stage I on {len(rows[-1]['wins'])}/{len(scores['final'])} "
+        print(f"{trial.name}: at least the run's Stage I on {len(rows[-1]['wins'])}/"
+              f"{len(judged_metrics(scores['final']))} "
               f"({', '.join(rows[-1]['wins'])})", flush=True)
         write_tables(rows, args.out, args.stage)  # after every trial: a long list can be read while it runs
     print((args.out / "trials.md").read_text())

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from sgdfuse.orchestration.val_trials import (
+    SOURCE_DISTANCES,
     STANDARD_METRICS,
     Trial,
     at_least_stage1,
     check_run,
+    judged_metrics,
     read_trials,
     run_stage1_scores,
 )
@@ -43,6 +45,13 @@ def test_a_run_without_phase_a_is_refused_naming_the_file(tmp_path):
 def test_at_least_stage1_counts_ties():
     scores = {"stage1": {"EN": 1.0, "SD": 2.0, "SF": 3.0}, "final": {"EN": 1.0, "SD": 2.5, "SF": 2.9}}
     assert at_least_stage1(scores) == ["EN", "SD"]
+
+
+def test_source_distances_are_reported_but_never_counted():
+    stage1 = {"EN": 1.0, "dist_IR": 20.0, "dist_VIS": 30.0}
+    final = {"EN": 0.5, "dist_IR": 25.0, "dist_VIS": 35.0}  # larger distances are not "wins"
+    assert at_least_stage1({"stage1": stage1, "final": final}) == []
+    assert judged_metrics(final) == ["EN"] and set(SOURCE_DISTANCES) == {"dist_IR", "dist_VIS"}
 
 
 def test_trials_retrain_phase_b_on_the_runs_stage1_and_score_the_val_split(tmp_path):
@@ -92,7 +101,13 @@ def test_stage1_trials_retrain_stage1_only_and_compare_with_the_runs_stage1(tmp_
         assert rows[1][f"final/{m}"] == rows[1][f"stage1/{m}"], m
     assert rows[1]["n_at_least_stage1"] == str(len(STANDARD_METRICS))
     assert any(rows[0][f"final/{m}"] != rows[1][f"final/{m}"] for m in STANDARD_METRICS)
-    assert "the trial's Stage-I image − the run's own Stage I" in (out / "trials.md").read_text()
+    # Source distances: grey levels (0..255), the reference's equal to the retrained run setting's.
+    for key in SOURCE_DISTANCES:
+        assert 0 < float(rows[0][f"final/{key}"]) < 255
+        assert float(rows[1][f"final/{key}"]) == pytest.approx(reference[key], abs=1e-6)
+    table = (out / "trials.md").read_text()
+    assert "the trial's Stage-I image − the run's own Stage I" in table
+    assert "| F−IR | F−VIS |" in table and f"the run's own Stage I: {reference['dist_IR']:.1f}" in table
 
 
 def test_an_unknown_trial_stage_or_a_run_without_stage1_is_refused(tmp_path):

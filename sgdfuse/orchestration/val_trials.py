@@ -5,13 +5,15 @@ Phase-b trials (``stage2_b``, the default) retrain phase b (the head) from the r
 ...), fuse every pair of the data config's ``val`` split, and score the final image against that run's own
 Stage-I image. Phase b is the only phase whose training the Stage-II loss options change, so trials cost
 minutes, not a whole run. Stage-I trials (``stage1``) retrain Stage I under their overrides and score its
-image against the run's own Stage I in the same way. Test sets are never read: settings are chosen here and
-then tested once (README, "Real data on a CPU").
+image against the run's own Stage I in the same way. Beside the metrics, each image's distance from each
+source is reported (not counted), so that a setting winning the count by copying one source shows. Test
+sets are never read: settings are chosen here and then tested once (README, "Real data on a CPU").
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from sgdfuse.atomic import atomic_write_text
 from sgdfuse.data.base import DataError
-from sgdfuse.metrics import FusionMetrics
+from sgdfuse.metrics import FusionMetrics, to_grey8
 from sgdfuse.orchestration import pipeline
 from sgdfuse.orchestration.evaluation import iterate_batches
 
@@ -34,6 +36,11 @@ TRIAL_STAGES = ("stage2_b", "stage1")
 
 #: The eight standard metrics a trial is judged by (AG follows SF and is not counted, as in the README).
 STANDARD_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+#: Mean absolute difference, in 8-bit grey levels, of an image from the IR and from the VIS image: reported
+#: beside the metrics, never counted. A setting can win the count by copying one source (MI and VIF rise for
+#: any copy); these show it.
+SOURCE_DISTANCES = ("dist_IR", "dist_VIS")
 
 
 @dataclass(frozen=True)
@@ -133,17 +140,30 @@ def score_val(cfg: DictConfig, checkpoint: Path,
     masks.prepare(pairs, "val")
     model = load_fusion_model(checkpoint)
     scores: dict[str, FusionMetrics] = {}
+    distances: dict[str, list[torch.Tensor]] = {}
     desc = f"val {checkpoint.parent.parent.name}"
     for batch in tqdm(iterate_batches(pairs, masks), total=len(pairs), desc=desc, unit="pair"):
+        sources = torch.stack([to_grey8(batch["ir"]), to_grey8(batch["vis"])], 1)  # B×2×H×W
         for name, image in model.fuse(batch).items():
+            image = image.float().clamp(0, 1)
             metric = scores.setdefault(name, FusionMetrics(metrics))
-            metric.update(image.float().clamp(0, 1), batch["ir"], batch["vis"], batch["name"])
-    return {name: {k: float(v) for k, v in m.compute().items()} for name, m in scores.items()}
+            metric.update(image, batch["ir"], batch["vis"], batch["name"])
+            gap = (to_grey8(image).unsqueeze(1) - sources).abs().mean((-2, -1))  # B×2, per image
+            distances.setdefault(name, []).append(gap)
+    return {name: {**{k: float(v) for k, v in m.compute().items()},
+                   **dict(zip(SOURCE_DISTANCES, torch.cat(distances[name]).mean(0).tolist(), strict=True))}
+            for name, m in scores.items()}
+
+
+def judged_metrics(scores: dict[str, float]) -> list[str]:
+    """The metrics among one image's scores that a trial is counted on (not the source distances)."""
+    return [m for m in scores if m not in SOURCE_DISTANCES]
 
 
 def at_least_stage1(scores: dict[str, dict[str, float]]) -> list[str]:
-    """Metrics on which the final image is at least as good as Stage I (all are higher-is-better here)."""
-    return [m for m in scores["final"] if scores["final"][m] >= scores["stage1"][m]]
+    """Metrics on which the final image is at least as good as Stage I (all are higher-is-better here; the
+    source distances are not counted)."""
+    return [m for m in judged_metrics(scores["final"]) if scores["final"][m] >= scores["stage1"][m]]
 
 
 #: What the ``final`` columns hold, per trial stage (``stage1`` is always the run's own Stage I).
@@ -151,24 +171,32 @@ _FINAL_MEANS = {"stage2_b": "the trial's final image", "stage1": "the trial's St
 
 
 def write_tables(rows: list[dict[str, Any]], out_dir: Path, stage: str = "stage2_b") -> None:
-    """``trials.csv`` (both images, every metric, the trial stage) and ``trials.md`` (final − Stage I,
-    count ≥ Stage I)."""
-    metrics = list(rows[0]["scores"]["final"])
+    """``trials.csv`` (both images, every metric and source distance, the trial stage) and ``trials.md``
+    (final − Stage I, count ≥ Stage I, the final image's distances from the sources)."""
+    columns = list(rows[0]["scores"]["final"])
+    metrics = judged_metrics(rows[0]["scores"]["final"])
     header = ["trial", "stage", "overrides", "n_at_least_stage1"] + [f"{o}/{m}" for o in ("stage1", "final")
-                                                                      for m in metrics]
+                                                                      for m in columns]
     lines = [",".join(header)]
     for r in rows:
-        values = [r["scores"][o][m] for o in ("stage1", "final") for m in metrics]
+        values = [r["scores"][o][m] for o in ("stage1", "final") for m in columns]
         lines.append(",".join([r["trial"], stage, f'"{" ".join(r["overrides"])}"', str(len(r["wins"]))]
                               + [f"{v:.6f}" for v in values]))
     atomic_write_text(out_dir / "trials.csv", "\n".join(lines) + "\n")
     md = [f"Trials of `{stage}` on the val split; Δ = {_FINAL_MEANS[stage]} − the run's own Stage I.", "",
-          "| trial | overrides | ≥ Stage I | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
-          "|---|---|---:|" + "---:|" * len(metrics)]
+          "| trial | overrides | ≥ Stage I | " + " | ".join(f"Δ{m}" for m in metrics) + " | F−IR | F−VIS |",
+          "|---|---|---:|" + "---:|" * (len(metrics) + 2)]
     for r in rows:
-        deltas = [r["scores"]["final"][m] - r["scores"]["stage1"][m] for m in metrics]
+        final, stage1 = r["scores"]["final"], r["scores"]["stage1"]
+        deltas = [final[m] - stage1[m] for m in metrics]
         md.append(f"| {r['trial']} | `{' '.join(r['overrides']) or '(run config)'}` | "
-                  f"{len(r['wins'])}/{len(metrics)} | " + " | ".join(f"{d:+.4f}" for d in deltas) + " |")
+                  f"{len(r['wins'])}/{len(metrics)} | " + " | ".join(f"{d:+.4f}" for d in deltas)
+                  + "".join(f" | {final.get(k, math.nan):.1f}" for k in SOURCE_DISTANCES) + " |")
+    stage1 = rows[0]["scores"]["stage1"]
+    md += ["", "F−IR, F−VIS: mean absolute difference from each source, 8-bit grey levels, mean over the val "
+               f"pairs; the run's own Stage I: {stage1.get('dist_IR', math.nan):.1f} and "
+               f"{stage1.get('dist_VIS', math.nan):.1f}. A trial that moves far towards one source may win "
+               "the count by copying it."]
     atomic_write_text(out_dir / "trials.md", "\n".join(md) + "\n")
 
 
