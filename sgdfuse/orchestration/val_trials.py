@@ -13,7 +13,6 @@ sets are never read: settings are chosen here and then tested once (README, "Rea
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,12 +190,11 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, stage: str = "stage2
         deltas = [final[m] - stage1[m] for m in metrics]
         md.append(f"| {r['trial']} | `{' '.join(r['overrides']) or '(run config)'}` | "
                   f"{len(r['wins'])}/{len(metrics)} | " + " | ".join(f"{d:+.4f}" for d in deltas)
-                  + "".join(f" | {final.get(k, math.nan):.1f}" for k in SOURCE_DISTANCES) + " |")
+                  + "".join(f" | {final[k]:.1f}" for k in SOURCE_DISTANCES) + " |")
     stage1 = rows[0]["scores"]["stage1"]
     md += ["", "F−IR, F−VIS: mean absolute difference from each source, 8-bit grey levels, mean over the val "
-               f"pairs; the run's own Stage I: {stage1.get('dist_IR', math.nan):.1f} and "
-               f"{stage1.get('dist_VIS', math.nan):.1f}. A trial that moves far towards one source may win "
-               "the count by copying it."]
+               f"pairs; the run's own Stage I: {stage1['dist_IR']:.1f} and {stage1['dist_VIS']:.1f}. A trial "
+               "that moves far towards one source may win the count by copying it."]
     atomic_write_text(out_dir / "trials.md", "\n".join(md) + "\n")
 
 
