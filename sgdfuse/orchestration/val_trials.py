@@ -191,9 +191,9 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path, stage: str = "stage2
         md.append(f"| {r['trial']} | `{' '.join(r['overrides']) or '(run config)'}` | "
                   f"{len(r['wins'])}/{len(metrics)} | " + " | ".join(f"{d:+.4f}" for d in deltas)
                   + "".join(f" | {final[k]:.1f}" for k in SOURCE_DISTANCES) + " |")
-    stage1 = rows[0]["scores"]["stage1"]
+    reference = " and ".join(f"{rows[0]['scores']['stage1'][k]:.1f}" for k in SOURCE_DISTANCES)
     md += ["", "F−IR, F−VIS: mean absolute difference from each source, 8-bit grey levels, mean over the val "
-               f"pairs; the run's own Stage I: {stage1['dist_IR']:.1f} and {stage1['dist_VIS']:.1f}. A trial "
+               f"pairs; the run's own Stage I: {reference}. A trial "
                "that moves far towards one source may win the count by copying it."]
     atomic_write_text(out_dir / "trials.md", "\n".join(md) + "\n")
 
