@@ -19,7 +19,8 @@ DOCS = REPO / "docs"
 SUFFIXES = (".py", ".yaml", ".yml", ".md")
 # Built from parts so that this file does not contain the names it forbids.
 FORBIDDEN = ("DESIGN" + ".md", "METRICS_SPEC" + ".md")
-_SKIP_DIRS = {".git", "checkpoints", "outputs", "multirun", "logs", "wandb", ".cache", "cache", "__pycache__"}
+_SKIP_DIRS = {".git", ".venv", "venv", "checkpoints", "outputs", "multirun", "logs", "wandb", ".cache",
+              "cache", "__pycache__"}
 
 REFERENCE = re.compile(r"(?<![\w/.-])docs/([\w-]+\.md)(?:, ([A-Z][^\n)\];:.,\"'`]*))?")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
