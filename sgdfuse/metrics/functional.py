@@ -122,16 +122,21 @@ def _valid_correlate_step2(x: Tensor, kernel_1d: Tensor) -> Tensor:
     :func:`_filter_separable` with a stride: torch's float64 ``conv2d`` is several times slower than
     these slice sums on a CPU."""
     weights = kernel_1d.double().tolist()
-    k = len(weights)
-    x = x.double()
-    n = (x.shape[-1] - k) // 2 + 1
-    cols = x[..., 0 : 2 * n - 1 : 2] * weights[0]
-    for t in range(1, k):
-        cols.add_(x[..., t : t + 2 * n - 1 : 2], alpha=weights[t])
-    m = (x.shape[-2] - k) // 2 + 1
-    out = cols[..., 0 : 2 * m - 1 : 2, :] * weights[0]
-    for t in range(1, k):
-        out.add_(cols[..., t : t + 2 * m - 1 : 2, :], alpha=weights[t])
+    return _strided_taps(_strided_taps(x.double(), weights, -1), weights, -2)
+
+
+def _strided_taps(x: Tensor, weights: list[float], dim: int) -> Tensor:
+    """``Σ_t w_t · x[t : t + 2n − 1 : 2]`` along ``dim``: every other output of the valid 1-D correlation."""
+    n = (x.shape[dim] - len(weights)) // 2 + 1
+    index = [slice(None)] * x.dim()
+
+    def tap(t: int) -> Tensor:
+        index[dim] = slice(t, t + 2 * n - 1, 2)
+        return x[tuple(index)]
+
+    out = tap(0) * weights[0]
+    for t in range(1, len(weights)):
+        out.add_(tap(t), alpha=weights[t])
     return out
 
 
