@@ -127,17 +127,12 @@ def _valid_correlate_step2(x: Tensor, kernel_1d: Tensor) -> Tensor:
 
 def _strided_taps(x: Tensor, weights: list[float], dim: int) -> Tensor:
     """``Σ_t w_t · x[t : t + 2n − 1 : 2]`` along ``dim``: every other output of the valid 1-D correlation."""
-    n = (x.shape[dim] - len(weights)) // 2 + 1
-    index = [slice(None)] * x.dim()
-
-    def tap(t: int) -> Tensor:
-        index[dim] = slice(t, t + 2 * n - 1, 2)
-        return x[tuple(index)]
-
-    out = tap(0) * weights[0]
+    x = x.movedim(dim, -1)  # a view: the taps are then plain last-axis slices
+    n = (x.shape[-1] - len(weights)) // 2 + 1
+    out = x[..., 0 : 2 * n - 1 : 2] * weights[0]
     for t in range(1, len(weights)):
-        out.add_(tap(t), alpha=weights[t])
-    return out
+        out.add_(x[..., t : t + 2 * n - 1 : 2], alpha=weights[t])
+    return out.movedim(-1, dim)
 
 
 def _check_band(band: int) -> None:
