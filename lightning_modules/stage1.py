@@ -17,15 +17,16 @@ class Stage1FusionModule(FusionModule):
 
     Args:
         net: keyword arguments of :class:`FusionNet` (channels, num_stages, use_cfc, ...).
-        loss: ``w_int`` and ``w_grad`` of :func:`sgdfuse.losses.fusion_loss`.
+        loss: keyword arguments of :func:`sgdfuse.losses.fusion_loss` (``w_int``, ``w_grad``, ``w_ssim``,
+            ``gradient_target``).
         optimizer: a ``_target_`` dict instantiated with ``params=``.
         scheduler: optional ``_target_`` dict instantiated with ``optimizer=`` (plus ``interval``).
     """
 
     #: Dict parameters holding another constructor's keyword arguments (their types: config_schema).
-    KWARGS_OF: ClassVar[dict[str, Any]] = {"net": FusionNet}
+    KWARGS_OF: ClassVar[dict[str, Any]] = {"net": FusionNet, "loss": fusion_loss}
 
-    def __init__(self, net: dict[str, Any] | None = None, loss: dict[str, float] | None = None,
+    def __init__(self, net: dict[str, Any] | None = None, loss: dict[str, Any] | None = None,
                  optimizer: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({

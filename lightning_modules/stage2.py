@@ -24,7 +24,7 @@ from lightning_modules import CheckpointError, read_checkpoint
 from lightning_modules.base import CLASS_KEY, FusionModule
 from lightning_modules.stage1 import Stage1FusionModule
 from sgdfuse.color import recombine, rgb_to_y
-from sgdfuse.losses import IntensityTarget, check_intensity_target, fusion_loss
+from sgdfuse.losses import GradientTarget, IntensityTarget, check_intensity_target, fusion_loss
 from sgdfuse.models.stage1 import FusionNet
 from sgdfuse.models.stage2 import Denoiser, DiffusionRefiner, get_phase, per_image_noise
 from sgdfuse.models.stage2.refiner import INFERENCE_MODES, image_seed
@@ -44,6 +44,7 @@ class Stage2Loss(TypedDict, total=False):
     mask_weight: float
     w_eps: float
     intensity_target: IntensityTarget
+    gradient_target: GradientTarget
 
 
 def _class_path(cls: type) -> str:
@@ -70,7 +71,7 @@ class Stage2DiffusionModule(FusionModule):
         noise_scheduler: keyword arguments of ``diffusers.DDPMScheduler``.
         feature_timesteps: timesteps whose decoder features feed the head.
         inference: ``mode`` (features | refine), ``t0`` and ``n_steps`` of ``refine``.
-        loss: ``w_int``, ``w_grad``, ``w_ssim``, ``mask_weight``, ``intensity_target`` of
+        loss: ``w_int``, ``w_grad``, ``w_ssim``, ``mask_weight``, ``intensity_target``, ``gradient_target`` of
             :func:`fusion_loss` (:class:`Stage2Loss`); ``w_eps`` (ε-MSE weight when a phase has both
             losses).
         optimizer / scheduler: ``_target_`` dicts (see :class:`FusionModule`).

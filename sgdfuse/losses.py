@@ -14,6 +14,11 @@ loss"): the pixel-wise max only inside the IR mask (thermal targets keep their I
 the mean of the sources (``salient_mean``) or the visible luminance (``salient_vis``, TarDAL's target-aware
 split). ``max`` (everywhere) is the default; on the validation split the other two lowered the contrast of
 the final image (README, "Real data on a CPU").
+
+Optional signed gradient target (``gradient_target="signed"``, our addition): instead of matching only the
+magnitude ``|∇Y_f|`` to ``max(|∇IR|, |∇Y_vis|)``, match the Sobel components (Gx, Gy) of ``Y_f`` to those of
+the source whose gradient is the larger at each pixel, so that an edge also keeps that source's polarity
+and orientation (the magnitude form lets an edge flip or mix; Qabf scores orientation).
 """
 
 from __future__ import annotations
@@ -27,12 +32,18 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
-def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
-    """|Gx| + |Gy| of a B×1×H×W image, replicate-padded so that flat borders have zero gradient."""
+def sobel(img: torch.Tensor) -> torch.Tensor:
+    """Sobel (Gx, Gy) of a B×1×H×W image as B×2×H×W, replicate-padded so that flat borders have zero
+    gradient."""
     kx = _SOBEL_X.to(img).view(1, 1, 3, 3)
-    ky = kx.transpose(-1, -2)
     padded = F.pad(img, (1, 1, 1, 1), mode="replicate")
-    return F.conv2d(padded, kx).abs() + F.conv2d(padded, ky).abs()
+    return torch.cat([F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(-1, -2))], 1)
+
+
+def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
+    """|Gx| + |Gy| of a B×1×H×W image (B×1×H×W)."""
+    g = sobel(img).abs()
+    return g[:, :1] + g[:, 1:]
 
 
 def _weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -46,6 +57,11 @@ def _weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tens
 #: source luminance kept outside the IR mask. One list: the config check reads the Literal.
 IntensityTarget = Literal["max", "salient_mean", "salient_vis"]
 INTENSITY_TARGETS: tuple[str, ...] = get_args(IntensityTarget)
+
+
+#: The gradient targets :func:`gradient_loss` takes (``gradient_target``).
+GradientTarget = Literal["magnitude", "signed"]
+GRADIENT_TARGETS: tuple[str, ...] = get_args(GradientTarget)
 
 
 def check_intensity_target(kind: str, has_ir_mask: bool) -> None:
@@ -80,10 +96,20 @@ def intensity_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
 
 
 def gradient_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
-                  weight: torch.Tensor | None = None) -> torch.Tensor:
-    """(Weighted) L1 between |∇Y_f| and the pixel-wise max of the source gradient magnitudes."""
-    target = torch.maximum(sobel_magnitude(ir), sobel_magnitude(y_vis))
-    return _weighted_mean((sobel_magnitude(y_f) - target).abs(), weight)
+                  weight: torch.Tensor | None = None, kind: str = "magnitude") -> torch.Tensor:
+    """(Weighted) L1 between |∇Y_f| and the pixel-wise max of the source gradient magnitudes
+    (``magnitude``), or between ∇Y_f and the gradient (Gx, Gy) of the source with the larger magnitude
+    (``signed``; |Gx| + |Gy| errors, so a zero Y_f costs the same in both forms)."""
+    if kind not in GRADIENT_TARGETS:
+        raise ValueError(f"gradient_target={kind!r}: use one of {list(GRADIENT_TARGETS)} "
+                         "(model.stage1.loss.gradient_target / model.stage2.loss.gradient_target)")
+    if kind == "magnitude":
+        err = (sobel_magnitude(y_f) - torch.maximum(sobel_magnitude(ir), sobel_magnitude(y_vis))).abs()
+    else:
+        g_ir, g_vis = sobel(ir), sobel(y_vis)
+        ir_larger = g_ir.abs().sum(1, keepdim=True) >= g_vis.abs().sum(1, keepdim=True)
+        err = (sobel(y_f) - torch.where(ir_larger, g_ir, g_vis)).abs().sum(1, keepdim=True)
+    return _weighted_mean(err, weight)
 
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,12 +130,14 @@ def ssim_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
 def fusion_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor, w_int: float = 1.0,
                 w_grad: float = 1.0, mask_ir: torch.Tensor | None = None,
                 mask_vis: torch.Tensor | None = None, mask_weight: float = 0.0,
-                w_ssim: float = 0.0, intensity_target: str = "max") -> dict[str, torch.Tensor]:
+                w_ssim: float = 0.0, intensity_target: IntensityTarget = "max",
+                gradient_target: GradientTarget = "magnitude") -> dict[str, torch.Tensor]:
     """Intensity + gradient (+ SSIM if ``w_ssim > 0``) loss; with ``mask_weight > 0`` the mask-guided form.
 
     Weights: ``1 + mask_weight·mask_ir`` on the intensity term (thermal targets) and on SSIM to IR,
     ``1 + mask_weight·mask_vis`` on the gradient term (edges) and on SSIM to VIS. ``intensity_target``:
-    see :func:`target_intensity` (``salient_*`` need ``mask_ir``). Returns the total and each part
+    see :func:`target_intensity` (``salient_*`` need ``mask_ir``); ``gradient_target``: see
+    :func:`gradient_loss`. Returns the total and each part
     (``loss_ssim`` only when ``w_ssim > 0``: the SSIM map costs a few convolutions).
     """
     use_masks = mask_weight > 0 and mask_ir is not None and mask_vis is not None
@@ -117,7 +145,7 @@ def fusion_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor, w_int:
     w_g = 1.0 + mask_weight * mask_vis if use_masks else None
     target = target_intensity(ir, y_vis, mask_ir, intensity_target)
     l_int = intensity_loss(y_f, ir, y_vis, w_i, target)
-    l_grad = gradient_loss(y_f, ir, y_vis, w_g)
+    l_grad = gradient_loss(y_f, ir, y_vis, w_g, gradient_target)
     out = {"loss": w_int * l_int + w_grad * l_grad, "loss_int": l_int, "loss_grad": l_grad}
     if w_ssim > 0:
         out["loss_ssim"] = ssim_loss(y_f, ir, y_vis, w_i, w_g)

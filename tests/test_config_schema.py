@@ -40,6 +40,9 @@ def test_bool_like_strings_and_numbers_are_not_booleans(value):
     ("trainer.precision=33", r"trainer\.precision=33: expected one of"),
     ("callbacks.model_checkpoint.every_n_train_steps=1.5", r"every_n_train_steps=1\.5: expected an int"),
     ("+model.stage1.net.use_cfx=true", r"FusionNet has no parameter 'use_cfx'"),
+    ("model.stage1.loss.gradient_target=sloped", r"stage1\.loss\.gradient_target='sloped': expected one of"),
+    ("model.stage2.loss.gradient_target=sloped", r"stage2\.loss\.gradient_target='sloped': expected one of"),
+    ("+model.stage1.loss.w_grd=3", r"fusion_loss has no parameter 'w_grd'"),
     ("run_id=nan", r"run_id=nan: expected a string .*quote it"),
 ])
 def test_wrong_types_are_rejected_naming_key_value_and_type(override, message):

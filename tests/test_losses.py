@@ -3,7 +3,7 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from sgdfuse.color import recombine, rgb_to_y, rgb_to_ycbcr, ycbcr_to_rgb
-from sgdfuse.losses import fusion_loss, sobel_magnitude, ssim_loss, target_intensity
+from sgdfuse.losses import fusion_loss, gradient_loss, sobel_magnitude, ssim_loss, target_intensity
 
 
 def _ir_over_flat_vis(h: int = 24, w: int = 28):
@@ -129,3 +129,37 @@ def test_salient_targets_need_a_mask_and_a_known_name():
         fusion_loss(ir, ir, y_vis, intensity_target="salient_mean")
     with pytest.raises(ValueError, match="intensity_target='brightest'"):
         target_intensity(ir, y_vis, None, "brightest")
+
+
+def test_signed_gradient_target_keeps_the_polarity_of_the_stronger_source():
+    """Both forms are zero on the stronger source's gradient; only ``signed`` charges a flipped edge."""
+    ir, y_vis = _ir_over_flat_vis()
+    flipped = 1.0 - ir  # the same gradient magnitudes, every edge reversed
+    for kind in ("magnitude", "signed"):
+        assert gradient_loss(ir, ir, y_vis, kind=kind).item() < 1e-7
+    assert gradient_loss(flipped, ir, y_vis, kind="magnitude").item() < 1e-6
+    signed = gradient_loss(flipped, ir, y_vis, kind="signed")
+    assert torch.allclose(signed, 2 * sobel_magnitude(ir).mean())  # |-g - g| = 2|g| per component
+
+
+def test_signed_gradient_target_takes_each_pixels_stronger_source():
+    """IR has a horizontal ramp on the left half, VIS a vertical one on the right: away from the seam the
+    signed target is IR's gradient on the left and VIS's on the right, so flipping VIS costs only there."""
+    cols = torch.arange(16.0).view(1, 1, 1, 16).expand(1, 1, 12, 16) / 32
+    rows = torch.arange(12.0).view(1, 1, 12, 1).expand(1, 1, 12, 16) / 24
+    left = (cols < 8 / 32).float()
+    ir, y_vis = cols * left, rows * (1 - left)
+    inner_left, inner_right = torch.zeros_like(ir), torch.zeros_like(ir)
+    inner_left[..., 1:-1, 1:6], inner_right[..., 1:-1, 10:-1] = 1, 1  # two pixels clear of the seam
+    flipped_vis = ir - y_vis
+    for weight in (inner_left, inner_right):
+        assert gradient_loss(ir + y_vis, ir, y_vis, weight, kind="signed").item() < 1e-6
+        assert gradient_loss(flipped_vis, ir, y_vis, weight, kind="magnitude").item() < 1e-6
+    assert gradient_loss(flipped_vis, ir, y_vis, inner_left, kind="signed").item() < 1e-6
+    assert gradient_loss(flipped_vis, ir, y_vis, inner_right, kind="signed").item() > 0.1
+
+
+def test_unknown_gradient_target_names_the_key():
+    ir, y_vis = _ir_over_flat_vis()
+    with pytest.raises(ValueError, match=r"gradient_target='sloped'.*model\.stage1\.loss\.gradient_target"):
+        fusion_loss(ir, ir, y_vis, gradient_target="sloped")
