@@ -32,18 +32,20 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
-def sobel(img: torch.Tensor) -> torch.Tensor:
-    """Sobel (Gx, Gy) of a B×1×H×W image as B×2×H×W, replicate-padded so that flat borders have zero
-    gradient."""
+def sobel(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel (Gx, Gy) of a B×1×H×W image, replicate-padded so that flat borders have zero gradient."""
     kx = _SOBEL_X.to(img).view(1, 1, 3, 3)
     padded = F.pad(img, (1, 1, 1, 1), mode="replicate")
-    return torch.cat([F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(-1, -2))], 1)
+    return F.conv2d(padded, kx), F.conv2d(padded, kx.transpose(-1, -2))
+
+
+def _l1(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    return gx.abs() + gy.abs()
 
 
 def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
     """|Gx| + |Gy| of a B×1×H×W image (B×1×H×W)."""
-    g = sobel(img).abs()
-    return g[:, :1] + g[:, 1:]
+    return _l1(*sobel(img))
 
 
 def _weighted_mean(err: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -106,9 +108,9 @@ def gradient_loss(y_f: torch.Tensor, ir: torch.Tensor, y_vis: torch.Tensor,
     if kind == "magnitude":
         err = (sobel_magnitude(y_f) - torch.maximum(sobel_magnitude(ir), sobel_magnitude(y_vis))).abs()
     else:
-        g_ir, g_vis = sobel(ir), sobel(y_vis)
-        ir_larger = g_ir.abs().sum(1, keepdim=True) >= g_vis.abs().sum(1, keepdim=True)
-        err = (sobel(y_f) - torch.where(ir_larger, g_ir, g_vis)).abs().sum(1, keepdim=True)
+        (fx, fy), (ix, iy), (vx, vy) = sobel(y_f), sobel(ir), sobel(y_vis)
+        ir_larger = _l1(ix, iy) >= _l1(vx, vy)
+        err = _l1(fx - torch.where(ir_larger, ix, vx), fy - torch.where(ir_larger, iy, vy))
     return _weighted_mean(err, weight)
 
 
